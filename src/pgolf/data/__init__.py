@@ -1,0 +1,1 @@
+"""Data pipeline: shards, tokenizers, corpus building, the published export, training loaders."""

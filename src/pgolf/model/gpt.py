@@ -1,0 +1,189 @@
+"""The GPT: embedding -> a layer schedule of blocks -> tied (or untied) head with logit softcap.
+
+The *layer schedule* is the list of block indices the forward pass visits. It expresses U-Net skips
+(first half pushes, second half pops), depth recurrence (a block range visited again with shared
+weights) and parallel residual lanes (blocks from `parallel_from` on). The model reads no global
+state: the trainer switches recurrence on with `set_recurrence(True)`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pgolf.config import ModelConfig
+from pgolf.model.attention import CausalSelfAttention
+from pgolf.model.embed import BigramHash, SmearGate, ValueEmbedding
+from pgolf.model.layers import CastedLinear, orthogonal_init_, rms_norm
+from pgolf.model.mlp import MLP
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        d = cfg.model_dim
+        self.layer_idx = layer_idx
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+        self.norm_scale = (layer_idx + 1) ** -0.5 if cfg.ln_scale else 1.0
+        self.parallel = 0 <= cfg.parallel_from <= layer_idx
+        if self.parallel:
+            # lane_mix[i, j]: weight with which sublayer j (0 attn, 1 mlp) writes into lane i.
+            self.lane_mix = nn.Parameter(torch.ones(2, 2, d))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        y = rms_norm(x)
+        return y * self.norm_scale if self.norm_scale != 1.0 else y
+
+    def _mix(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        return mix[0] * x + mix[1] * x0
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                v_extra: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._mix(x, x0)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x), attn_mask, v_extra)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self._norm(x))
+
+    def forward_lanes(self, xa: torch.Tensor, xm: torch.Tensor, x0: torch.Tensor,
+                      attn_mask: torch.Tensor | None = None, v_extra: torch.Tensor | None = None):
+        """Parallel residuals: attention reads lane a, the MLP lane m; both write into both lanes."""
+        xa, xm = self._mix(xa, x0), self._mix(xm, x0)
+        a = self.attn_scale.to(xa.dtype) * self.attn(self._norm(xa), attn_mask, v_extra)
+        m = self.mlp_scale.to(xm.dtype) * self.mlp(self._norm(xm))
+        w = self.lane_mix.to(xa.dtype)
+        return xa + w[0, 0] * a + w[0, 1] * m, xm + w[1, 0] * a + w[1, 1] * m
+
+
+def layer_schedule(cfg: ModelConfig, recurrence: bool) -> list[int]:
+    """Block indices in visiting order; with recurrence the range [start, end] repeats."""
+    order = list(range(cfg.num_layers))
+    if recurrence and cfg.recur_start >= 0:
+        s, e = cfg.recur_start, cfg.recur_end
+        order = order[: e + 1] + list(range(s, e + 1)) * cfg.recur_repeats + order[e + 1:]
+    return order
+
+
+def num_skips(n_virtual: int) -> int:
+    enc = n_virtual // 2
+    return min(enc, n_virtual - enc)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.model_dim
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.bigram = BigramHash(cfg) if cfg.bigram_buckets > 0 else None
+        self.smear = SmearGate(cfg) if cfg.smear_gate != "none" else None
+        self.value_embed = ValueEmbedding(cfg) if cfg.value_embed_layers > 0 else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.recurrence_active = False
+        # Skip tables are sized for the longest schedule; a shorter one uses a prefix.
+        n_skip = num_skips(len(layer_schedule(cfg, recurrence=True))) if cfg.unet_skips else 0
+        self.skip_weights = nn.Parameter(torch.ones(n_skip, d)) if n_skip else None
+        self.skip_gates = nn.Parameter(torch.zeros(n_skip, d)) if n_skip and cfg.skip_gates else None
+        self.lm_head = None if cfg.tie_embeddings else CastedLinear(d, cfg.vocab_size, zero_init=True)
+        # GPTQ hooks this to get the head's input (the final-normed hidden state).
+        self.head_input_probe = nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        cfg = self.cfg
+        if cfg.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
+        if cfg.ortho_init:
+            for m in self.modules():
+                if isinstance(m, CastedLinear) and not m.zero_init and min(m.weight.shape) >= 64:
+                    orthogonal_init_(m.weight)
+
+    # -- schedule -------------------------------------------------------------------------------
+    def set_recurrence(self, active: bool) -> None:
+        self.recurrence_active = bool(active) and self.cfg.recur_start >= 0
+
+    def schedule(self) -> list[int]:
+        return layer_schedule(self.cfg, self.recurrence_active)
+
+    # -- forward --------------------------------------------------------------------------------
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(idx)
+        if self.bigram is not None:
+            x = x + self.bigram(idx).to(x.dtype)
+        if self.smear is not None:
+            x = self.smear(x, idx)
+        return rms_norm(x)
+
+    def doc_mask(self, idx: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T, T] bool: causal and within the same document (documents start at BOS)."""
+        doc = torch.cumsum((idx == self.cfg.bos_id).to(torch.int32), dim=1)
+        T = idx.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        return (causal[None] & (doc[:, :, None] == doc[:, None, :])).unsqueeze(1)
+
+    def _add_skip(self, h: torch.Tensor, skip: torch.Tensor, j: int) -> torch.Tensor:
+        w = self.skip_weights[j].to(h.dtype)
+        if self.skip_gates is None:
+            return h + w * skip
+        return torch.lerp(w * skip, h, torch.sigmoid(self.skip_gates[j].to(h.dtype)))
+
+    def hidden(self, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
+        """Final-normed hidden states [B, T, d]."""
+        x0 = x = self.embed(idx)
+        mask = self.doc_mask(idx) if doc_isolated else None
+        ve = self.value_embed.table(idx) if self.value_embed is not None else None
+        order = self.schedule()
+        n_enc = len(order) // 2
+        n_skip = num_skips(len(order)) if self.skip_weights is not None else 0
+        skips: list[torch.Tensor] = []
+        lanes: tuple[torch.Tensor, torch.Tensor] | None = None
+        for pos, bi in enumerate(order):
+            block = self.blocks[bi]
+            if pos >= n_enc and skips and (pos - n_enc) < n_skip:
+                j = pos - n_enc
+                skip = skips.pop()
+                if lanes is None:
+                    x = self._add_skip(x, skip, j)
+                else:
+                    lanes = (self._add_skip(lanes[0], skip, j), self._add_skip(lanes[1], skip, j))
+            v_extra = self.value_embed.for_layer(ve, bi) if ve is not None else None
+            if block.parallel:
+                if lanes is None:
+                    lanes = (x, x)
+                lanes = block.forward_lanes(lanes[0], lanes[1], x0, mask, v_extra)
+                x = 0.5 * (lanes[0] + lanes[1])
+            else:
+                if lanes is not None:  # back to one lane (e.g. a recurrence revisits early blocks)
+                    lanes = None
+                x = block(x, x0, mask, v_extra)
+            if pos < n_enc:
+                skips.append(x)
+        return self.head_input_probe(rms_norm(x))
+
+    def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.tok_emb.weight if self.lm_head is None else None
+        logits = F.linear(h, w.to(h.dtype)) if w is not None else self.lm_head(h)
+        logits = logits.float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                doc_isolated: bool = False, reduction: str = "mean") -> torch.Tensor:
+        """Logits [B, T, V] (fp32) without targets; with targets the mean loss, or per-token NLL
+        [B, T] when reduction="none"."""
+        logits = self.logits_from_hidden(self.hidden(idx, doc_isolated))
+        if targets is None:
+            return logits
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        nll = nll.view(targets.shape)
+        return nll.mean() if reduction == "mean" else nll
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig) -> GPT:
+    return GPT(cfg)
