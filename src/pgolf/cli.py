@@ -13,9 +13,10 @@ import sys
 from typing import Any, Callable
 
 from pgolf.config import ConfigError
-from pgolf.errors import InputError
+from pgolf.errors import InputError, WorkError
 
 COMMAND_MODULES = [
+    "pgolf.pipeline",
     "pgolf.data.commands",
     "pgolf.model.commands",
     "pgolf.train.commands",
@@ -23,10 +24,6 @@ COMMAND_MODULES = [
     "pgolf.eval.commands",
     "pgolf.submit.commands",
 ]
-
-
-class WorkError(RuntimeError):
-    """The work itself failed (exit 1), e.g. an artifact over budget."""
 
 
 class _Parser(argparse.ArgumentParser):

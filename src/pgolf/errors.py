@@ -3,3 +3,7 @@
 
 class InputError(ValueError):
     """Bad input data or files: the message names the file or field and what was expected."""
+
+
+class WorkError(RuntimeError):
+    """The work itself failed (exit 1), e.g. an artifact over budget or a failed audit."""

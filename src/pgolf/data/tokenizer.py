@@ -108,10 +108,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
                     max_docs: int = 0, num_threads: int | None = None) -> spm.SentencePieceProcessor:
     """Train a BPE model with the challenge's settings; writes OUT (.model) and OUT.vocab."""
     out = Path(out)
-    if out.suffix == ".model":
-        prefix = out.with_suffix("")
-    else:
-        prefix = out
+    # SentencePiece appends ".model"/".vocab" to the prefix; keep dots in the stem (e.g. "my.tok").
+    prefix = out.with_suffix("") if out.suffix == ".model" else out
     prefix.parent.mkdir(parents=True, exist_ok=True)
 
     def capped():
@@ -143,5 +141,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | os.PathLik
         )
     except RuntimeError as e:
         raise InputError(f"tokenizer training failed: {e}") from None
-    model_path = prefix.with_suffix(".model")
+    model_path = prefix.parent / (prefix.name + ".model")
     return load_tokenizer(model_path)

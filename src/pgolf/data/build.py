@@ -1,0 +1,244 @@
+"""Corpus -> challenge shards: fineweb_val_*.bin (first N docs), fineweb_train_*.bin, manifest.json.
+
+Each document becomes [BOS=1] + sp.encode(text); documents are concatenated per split and cut into
+shards of exactly `shard_tokens` tokens (documents may span shards, the last shard is shorter).
+Streaming: documents are read, tokenized and written in bounded batches, never the whole corpus.
+Tokenization runs in a process pool with a bounded window of batches in flight, results consumed
+in submission order, so the output is byte-identical for any worker count.
+The manifest is written last (and any old one removed first): a directory with a manifest.json
+holds a complete build.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+import pgolf
+from pgolf.data.corpus import expand_paths, iter_documents
+from pgolf.data.shards import list_shards, write_shard
+from pgolf.data.tokenizer import BOS_ID, file_sha256, load_tokenizer
+from pgolf.errors import InputError
+
+MANIFEST = "manifest.json"
+BATCH_DOCS = 512  # documents per tokenization task
+BATCH_CHARS = 4 << 20  # ...or fewer when they are long, to bound memory per task
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """JSON with sorted keys via temp file + rename (deterministic bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"fineweb_{split}_{index:06d}.bin"
+
+
+# --- tokenization (runs in worker processes) ---------------------------------------------------
+
+_SP = None  # the worker's tokenizer, loaded once by _init_worker
+
+
+def _init_worker(model_path: str) -> None:
+    global _SP
+    _SP = load_tokenizer(model_path)
+
+
+def _encode_with(sp, texts: list[str]) -> np.ndarray:
+    """[BOS] + ids for each text, concatenated, as uint16."""
+    ids = sp.encode(texts)
+    lengths = [len(x) + 1 for x in ids]
+    out = np.empty(sum(lengths), dtype=np.uint16)
+    pos = 0
+    for seq, n in zip(ids, lengths):
+        out[pos] = BOS_ID
+        out[pos + 1: pos + n] = seq
+        pos += n
+    return out
+
+
+def _encode_batch(texts: list[str]) -> np.ndarray:
+    return _encode_with(_SP, texts)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+@dataclass
+class _SplitWriter:
+    """Accumulates one split's token stream and writes full shards as they fill."""
+
+    out_dir: Path
+    split: str
+    shard_tokens: int
+    docs: int = 0
+    tokens: int = 0
+    shards: list[dict] = field(default_factory=list)
+    _buf: np.ndarray | None = None
+    _fill: int = 0
+
+    def add(self, toks: np.ndarray, docs: int) -> None:
+        self.docs += docs
+        self.tokens += len(toks)
+        if self._buf is None:
+            self._buf = np.empty(self.shard_tokens, dtype=np.uint16)  # pages touched only as filled
+        i = 0
+        while i < len(toks):
+            take = min(len(toks) - i, self.shard_tokens - self._fill)
+            self._buf[self._fill: self._fill + take] = toks[i: i + take]
+            self._fill += take
+            i += take
+            if self._fill == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._fill == 0:
+            return
+        name = shard_name(self.split, len(self.shards))
+        write_shard(self.out_dir / name, self._buf[: self._fill])
+        self.shards.append({"name": name, "tokens": int(self._fill)})
+        self._fill = 0
+
+    def summary(self) -> dict:
+        return {"docs": self.docs, "tokens": self.tokens, "shards": self.shards}
+
+
+def _batches(docs: Iterable[str], val_docs: int) -> Iterator[tuple[str, list[str]]]:
+    """(split, texts) batches in corpus order; a batch never straddles the val/train boundary."""
+    batch: list[str] = []
+    chars = 0
+    split = "val" if val_docs > 0 else "train"
+    for i, text in enumerate(docs):
+        if i == val_docs and batch:
+            yield split, batch
+            batch, chars = [], 0
+        split = "val" if i < val_docs else "train"
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield split, batch
+            batch, chars = [], 0
+    if batch:
+        yield split, batch
+
+
+def _encoded(batches: Iterator[tuple[str, list[str]]], model_path: str, workers: int,
+             sp) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(split, n_docs, tokens) per batch, in order; at most 2*workers batches in flight."""
+    if workers <= 1:
+        for split, texts in batches:
+            yield split, len(texts), _encode_with(sp, texts)
+        return
+    # spawn: no fork of a parent that may hold threads (tqdm, loaders) or CUDA state.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path,)) as pool:
+        pending: deque = deque()
+        for split, texts in batches:
+            pending.append((split, len(texts), pool.apply_async(_encode_batch, (texts,))))
+            if len(pending) >= 2 * workers:
+                s, n, res = pending.popleft()
+                yield s, n, res.get()
+        while pending:
+            s, n, res = pending.popleft()
+            yield s, n, res.get()
+
+
+def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLike,
+                 out_dir: str | os.PathLike, val_docs: int = 50_000,
+                 shard_tokens: int = 100_000_000, workers: int | None = None,
+                 progress: bool = False) -> dict:
+    """Tokenize a corpus into challenge shards under out_dir; returns the manifest (also written)."""
+    if val_docs < 0:
+        raise InputError(f"--val-docs must be >= 0, got {val_docs}")
+    if shard_tokens < 1:
+        raise InputError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 0:
+        raise InputError(f"--workers must be >= 0, got {workers}")
+    paths = expand_paths(corpus)
+    tok_path = Path(tokenizer)
+    sp = load_tokenizer(tok_path)
+    if sp.vocab_size() > 65536:
+        raise InputError(f"{tok_path}: vocab size {sp.vocab_size()} does not fit uint16 shards")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new build completes, DIR holds no valid build
+
+    writers = {s: _SplitWriter(out, s, shard_tokens) for s in ("val", "train")}
+    from tqdm import tqdm
+
+    bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=not progress)
+    batches = _batches(iter_documents(paths), val_docs)
+    encoded = _encoded(batches, str(tok_path), workers, sp)
+    try:
+        for split, n_docs, toks in encoded:
+            writers[split].add(toks, n_docs)
+            bar.update(n_docs)
+    finally:  # on failure: stop the worker pool and close the corpus files now, not at garbage collection
+        encoded.close()
+        batches.close()
+        bar.close()
+    for w in writers.values():
+        w.flush()
+
+    written = {s["name"] for w in writers.values() for s in w.shards}
+    stale = [p for split in ("val", "train") for p in list_shards(out, split) if p.name not in written]
+    for p in stale:  # left over from an earlier, larger build in the same directory
+        p.unlink()
+
+    manifest = {
+        "format": "pgolf-shards",
+        "pgolf_version": pgolf.__version__,
+        "tokenizer": {"path": str(tok_path.resolve()), "sha256": file_sha256(tok_path),
+                      "vocab_size": int(sp.vocab_size())},
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
+        "settings": {"val_docs": val_docs, "shard_tokens": shard_tokens, "bos_id": BOS_ID,
+                     "doc_format": "[BOS] + sp.encode(text)"},
+        "splits": {s: w.summary() for s, w in writers.items()},
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The directory's manifest.json, or None if it has none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return obj
+
+
+def manifest_tokenizer(directory: str | os.PathLike) -> Path | None:
+    """The tokenizer named by DIR/manifest.json (a relative path is relative to DIR), if any."""
+    manifest = read_manifest(directory)
+    path = ((manifest or {}).get("tokenizer") or {}).get("path")
+    if not path:
+        return None
+    p = Path(path)
+    return p if p.is_absolute() else Path(directory) / p

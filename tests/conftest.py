@@ -1,0 +1,32 @@
+"""Shared fixtures: the offline data under ../shared (skipped with a reason when absent)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """/work/shared/data: official tokenizers, the 901 FineWeb val docs and their shards."""
+    data = SHARED / "data"
+    if not (data / "fineweb" / "val_docs_901.jsonl").is_file():
+        pytest.skip(f"offline data not found under {data} (see shared/data/PROVENANCE.md)")
+    return data
+
+
+@pytest.fixture(scope="session")
+def sp1024_model(shared_dir: Path) -> Path:
+    return shared_dir / "tokenizers" / "fineweb_1024_bpe.model"
+
+
+@pytest.fixture(scope="session")
+def sp8192_model(shared_dir: Path) -> Path:
+    return shared_dir / "tokenizers" / "fineweb_8192_bpe.model"
+
+
+@pytest.fixture(scope="session")
+def val_docs(shared_dir: Path) -> Path:
+    return shared_dir / "fineweb" / "val_docs_901.jsonl"
