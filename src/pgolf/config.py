@@ -133,6 +133,7 @@ class QuantGroup:
     clip: str = "percentile"  # percentile | mse | sdclip
     clip_value: float = 99.99984  # percentile, or k for sdclip
     gptq: bool = False
+    min_scale: float = -1.0  # per-row scale floor: -1 = 1/qmax (baseline, PR #493), 0 = tiny, >0 = value
 
 
 @dataclass
@@ -157,6 +158,7 @@ class QuantConfig:
     lqer_bits: int = 4
     lqer_top: int = 0  # how many tensors get a correction (largest errors first)
     target_bytes: int = 16_000_000
+    code_compress: str = "lzma"  # none | lzma | brotli: wrapper of the counted train_gpt.py (code bytes)
     auto_fit: bool = False  # raise clip / prune +-1 values until the artifact fits
 
 
@@ -375,8 +377,16 @@ def validate(cfg: Config) -> None:
     _check(m.xsa_last_n >= -1 and m.xsa_last_n <= m.num_layers, "model.xsa_last_n",
            f"must be -1 (all) or 0..num_layers, got {m.xsa_last_n}")
     _check(m.smear_gate in ("none", "v1", "v2"), "model.smear_gate", f"expected none | v1 | v2, got '{m.smear_gate}'")
-    _check(m.bigram_buckets >= 0, "model.bigram_buckets", "must be >= 0")
+    _check(m.bigram_buckets == 0 or m.bigram_buckets >= 2, "model.bigram_buckets",
+           f"must be 0 (off) or >= 2 (one bucket is reserved for document starts), got {m.bigram_buckets}")
+    _check(m.bigram_dim >= 1, "model.bigram_dim", f"must be >= 1, got {m.bigram_dim}")
     _check(0 <= m.value_embed_layers <= m.num_layers, "model.value_embed_layers", "must be in 0..num_layers")
+    _check(m.value_embed_dim >= 1, "model.value_embed_dim", f"must be >= 1, got {m.value_embed_dim}")
+    _check(m.rope_train_len >= 0, "model.rope_train_len", f"must be >= 0, got {m.rope_train_len}")
+    _check(m.rope_base > 0, "model.rope_base", f"must be > 0, got {m.rope_base}")
+    # SmearGate v2 and the attention output gate read the first 12 channels of the input.
+    if m.smear_gate == "v2" or m.attn_out_gate:
+        _check(m.model_dim >= 12, "model.model_dim", f"must be >= 12 for smear_gate v2 / attn_out_gate, got {m.model_dim}")
     if m.recur_start >= 0 or m.recur_end >= 0:
         _check(0 <= m.recur_start <= m.recur_end < m.num_layers, "model.recur_start",
                f"need 0 <= recur_start <= recur_end < num_layers, got {m.recur_start}..{m.recur_end}")
@@ -413,10 +423,25 @@ def validate(cfg: Config) -> None:
                f"expected 2..8, 16 or 32, got {g.bits}")
         _check(g.clip in ("percentile", "mse", "sdclip"), f"quant.groups[{i}].clip",
                f"expected percentile | mse | sdclip, got '{g.clip}'")
+        if g.clip == "percentile":
+            _check(0.0 < g.clip_value <= 100.0, f"quant.groups[{i}].clip_value",
+                   f"percentile must be in (0, 100], got {g.clip_value}")
+        if g.clip == "sdclip":
+            _check(g.clip_value > 0.0, f"quant.groups[{i}].clip_value", f"sdclip k must be > 0, got {g.clip_value}")
+        _check(g.min_scale == -1.0 or g.min_scale >= 0.0, f"quant.groups[{i}].min_scale",
+               f"expected -1 (1/qmax), 0 (tiny) or a positive floor, got {g.min_scale}")
+    _check(q.small_tensor_numel >= 0, "quant.small_tensor_numel", "must be >= 0")
+    _check(2 <= q.lqer_bits <= 8, "quant.lqer_bits", f"expected 2..8, got {q.lqer_bits}")
+    _check(q.lqer_rank >= 0 and q.lqer_top >= 0, "quant.lqer_rank", "lqer_rank and lqer_top must be >= 0")
+    _check(q.gptq_block >= 1, "quant.gptq_block", "must be >= 1")
+    _check(q.gptq_damp > 0, "quant.gptq_damp", "must be > 0")
+    _check(q.target_bytes > 0, "quant.target_bytes", "must be > 0")
     _check(q.codec in ("zlib", "zstd", "lzma", "brotli", "auto"), "quant.codec",
            f"expected zlib | zstd | lzma | brotli | auto, got '{q.codec}'")
     _check(q.small_dtype in ("fp16", "fp32"), "quant.small_dtype", "expected fp16 | fp32")
     _check(q.qat in ("off", "full", "late"), "quant.qat", f"expected off | full | late, got '{q.qat}'")
+    _check(q.code_compress in ("none", "lzma", "brotli"), "quant.code_compress",
+           f"expected none | lzma | brotli, got '{q.code_compress}'")
     _check(q.gptq_calib in ("train", "self"), "quant.gptq_calib", "expected train | self")
 
     methods = ("plain", "sliding", "docs", "ttt-sgd", "ttt-lora", "phased")

@@ -1,0 +1,65 @@
+"""LQER: a low-rank correction of the quantization error, itself stored in low-bit ints.
+
+E = W - deq(q); E ~= A @ B with A = U_r sqrt(S_r) [out, r] and B = sqrt(S_r) V_r^T [r, in] (the split
+balances the factors' ranges); A and B are per-row int-k (MSE clip, tiny scale floor). The tensors with
+the largest ||E||_F get the correction first.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from pgolf.quant.quantizers import QuantizedTensor, dequantize, quantize
+
+
+def lowrank_factors(err: Tensor, rank: int, bits: int) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """Quantized rank-r factors (A, B) of the 2-D error matrix err."""
+    if err.ndim != 2:
+        raise ValueError(f"LQER needs a 2-D error matrix, got shape {tuple(err.shape)}")
+    r = max(1, min(rank, min(err.shape)))
+    U, S, Vh = torch.linalg.svd(err.float(), full_matrices=False)
+    root = S[:r].sqrt()
+    A = U[:, :r] * root[None, :]
+    B = root[:, None] * Vh[:r]
+    qa, sa = quantize(A, bits, "mse", 0.0, min_scale=0.0)
+    qb, sb = quantize(B, bits, "mse", 0.0, min_scale=0.0)
+    return QuantizedTensor(qa, sa, bits), QuantizedTensor(qb, sb, bits)
+
+
+def quant_error(w: Tensor, qt: QuantizedTensor) -> float:
+    """Frobenius norm of W - deq(q) (without any existing low-rank term)."""
+    return float((w.detach().float() - dequantize(qt.q, qt.scale).reshape(w.shape)).norm())
+
+
+def apply_lqer(quantized: Mapping[str, object], originals: Mapping[str, Tensor], rank: int, bits: int,
+               top: int = 0, names: Optional[list[str]] = None) -> dict[str, float]:
+    """Attach LQER factors in place to the `top` 2-D int tensors with the largest error (0 = all).
+
+    Returns {name: error after / error before} for the corrected tensors.
+    """
+    if rank <= 0:
+        return {}
+    cands = []
+    for name, qt in quantized.items():
+        if names is not None and name not in names:
+            continue
+        if isinstance(qt, QuantizedTensor) and qt.q.ndim == 2 and name in originals:
+            cands.append((quant_error(originals[name], qt), name))
+    cands.sort(reverse=True)
+    if top > 0:
+        cands = cands[:top]
+    ratios = {}
+    for before, name in cands:
+        qt = quantized[name]
+        assert isinstance(qt, QuantizedTensor)
+        w = originals[name].detach().float()
+        err = w - dequantize(qt.q, qt.scale)
+        qt.lowrank = lowrank_factors(err, rank, bits)
+        after = float((w - qt.dequantize().float()).norm())
+        if after >= before:  # a useless correction only costs bytes
+            qt.lowrank = None
+            continue
+        ratios[name] = after / max(before, 1e-30)
+    return ratios
