@@ -18,7 +18,8 @@ What the file holds, in order (this is exactly what `code_bytes` counts, byte fo
      Loader) that serves `pgolf.*` from SOURCES, ahead of any installed pgolf, and registers the
      sources with linecache for tracebacks and inspect;
   5. `if __name__ == "__main__": pgolf.pipeline.main(["--config-json", CONFIG_JSON, *argv])`.
-With compress="lzma"/"brotli" that whole file is compressed, base85-encoded and wrapped in a
+With compress="lzma"/"brotli" the embedded sources are first minified (docstrings and comments
+removed by an `ast` round trip, see `minify`), then that whole file is compressed, base85-encoded and wrapped in a
 two-line stub that `exec`s it; `code_bytes` then counts the stub file. At run time the file needs
 torch, numpy, sentencepiece, safetensors and the codecs the recipe uses - not pgolf itself.
 """
@@ -248,8 +249,25 @@ if __name__ == "__main__":
 '''
 
 
-def render(cfg: Config, entry: str = ENTRY) -> str:
-    """The uncompressed train_gpt.py text (`entry` is swapped only by tests)."""
+def minify(source: str) -> str:
+    """The same module without docstrings and comments (ast round trip; idempotent).
+
+    The counted (compressed) bundle carries no prose: the readable sources live in the repository.
+    """
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body.pop(0)
+                if not body:
+                    body.append(ast.Pass())
+    return ast.unparse(tree) + "\n"
+
+
+def render(cfg: Config, entry: str = ENTRY, strip: bool = False) -> str:
+    """The uncompressed train_gpt.py text (`entry` is swapped only by tests); `strip` minifies."""
     info = module_closure(entry)
     conf = json.dumps(embedded_config(cfg), sort_keys=True, separators=(",", ":"))
     deps = ", ".join(info.third_party)
@@ -263,7 +281,8 @@ def render(cfg: Config, entry: str = ENTRY) -> str:
         "SOURCES = {",
     ]
     for mod in info.modules:
-        lines.append(f"{mod!r}: {_literal(module_source(mod)[0])},")  # type: ignore[index]
+        src = module_source(mod)[0]  # type: ignore[index]
+        lines.append(f"{mod!r}: {_literal(minify(src) if strip else src)},")
     packages = "{" + ", ".join(repr(p) for p in info.packages) + "}"  # sorted: the file is deterministic
     lines += ["}", f"PACKAGES = {packages}", f"CONFIG_JSON = {conf!r}", ""]
     return "\n".join(lines) + _IMPORTER.replace("ENTRY_MODULE", entry)
@@ -285,7 +304,7 @@ def bundle_code(cfg: Config, compress: str = "none", entry: str = ENTRY) -> str:
     """The single-file train_gpt.py for `cfg` (optionally a compressed self-extracting wrapper)."""
     if compress not in COMPRESSIONS:
         raise InputError(f"--compress: expected one of {' | '.join(COMPRESSIONS)}, got '{compress}'")
-    text = render(cfg, entry)
+    text = render(cfg, entry, strip=compress != "none")
     if compress == "none":
         return text
     return _compress(text.encode("utf-8"), compress)

@@ -1,0 +1,225 @@
+"""Per-document LoRA test-time training (seed: swapp1990's non-record run).
+
+Each document is scored in chunks of `lora_chunk` targets. A chunk is scored with the document's
+earlier tokens as context (the last `window` tokens at most), then one optimizer step on rank-r
+adapters trains on that chunk; the adapters start afresh for every document. Many documents run
+together: every adapter holds one (A, B) pair per batch row, applied with bmm, so rows never mix.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pgolf.config import EvalConfig
+from pgolf.data.tokenizer import BOS_ID, ByteTables
+from pgolf.eval.docs import doc_spans
+from pgolf.eval.sliding import ScoreLog, Scorer, as_stream
+
+# target name -> (submodule of a block, attribute)
+LORA_TARGETS = {"q": ("attn", "c_q"), "k": ("attn", "c_k"), "v": ("attn", "c_v"), "o": ("attn", "proj"),
+                "mlp": ("mlp", "fc")}
+HEAD_TARGET = "lm_head"
+
+
+class BatchedLoRA(nn.Module):
+    """base(x) + x A_r^T B_r^T for batch row r: per-row adapters [rows, r, in] / [rows, out, r].
+
+    B starts at zero, so a fresh adapter is exactly the identity. `active` selects the rows that
+    the current batch holds (documents that still have chunks).
+    """
+
+    def __init__(self, base: nn.Module | None, rows: int, in_features: int, out_features: int, a_init: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.register_buffer("a_init", a_init.clone(), persistent=False)
+        self.A = nn.Parameter(a_init.expand(rows, *a_init.shape).clone())
+        self.B = nn.Parameter(torch.zeros(rows, out_features, a_init.size(0), device=a_init.device))
+        self.active: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.A.copy_(self.a_init.expand_as(self.A))
+        self.B.zero_()
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        A, B = (self.A, self.B) if self.active is None else (self.A[self.active], self.B[self.active])
+        return torch.bmm(torch.bmm(x, A.transpose(1, 2).to(x.dtype)), B.transpose(1, 2).to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.delta(x)
+
+
+class LoRASet:
+    """The adapters attached to one model (block linears, and optionally one on the logits)."""
+
+    def __init__(self, modules: list[BatchedLoRA], head: BatchedLoRA | None):
+        self.modules, self.head = modules, head
+
+    def all(self) -> list[BatchedLoRA]:
+        return self.modules + ([self.head] if self.head is not None else [])
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.all() for p in (m.A, m.B)]
+
+    def reset(self) -> None:
+        for m in self.all():
+            m.reset()
+
+    def set_active(self, rows: torch.Tensor) -> None:
+        for m in self.all():
+            m.active = rows
+
+
+def _a_init(gen: torch.Generator, rank: int, in_features: int, device) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(in_features)
+    return ((torch.rand(rank, in_features, generator=gen) * 2 - 1) * bound).to(device)
+
+
+@contextmanager
+def attached_lora(model: nn.Module, targets: list[str], rows: int, rank: int, seed: int = 0) -> Iterator[LoRASet]:
+    """Wrap the targeted linears of every block with batched adapters; restore them on exit.
+
+    A's initial value is fixed by `seed` and identical for every row, so a document's trajectory
+    never depends on which batch (or rank) it lands in.
+    """
+    unknown = [t for t in targets if t not in LORA_TARGETS and t != HEAD_TARGET]
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {unknown}; known: {sorted(LORA_TARGETS) + [HEAD_TARGET]}")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    mods: list[BatchedLoRA] = []
+    for block in model.blocks:
+        for t in targets:
+            if t == HEAD_TARGET:
+                continue
+            parent = getattr(block, LORA_TARGETS[t][0])
+            attr = LORA_TARGETS[t][1]
+            base = getattr(parent, attr)
+            lora = BatchedLoRA(base, rows, base.in_features, base.out_features,
+                               _a_init(gen, rank, base.in_features, device))
+            setattr(parent, attr, lora)
+            swapped.append((parent, attr, base))
+            mods.append(lora)
+    head = None
+    if HEAD_TARGET in targets:
+        d, vocab = model.cfg.model_dim, model.cfg.vocab_size
+        head = BatchedLoRA(None, rows, d, vocab, _a_init(gen, rank, d, device))
+    try:
+        yield LoRASet(mods, head)
+    finally:
+        for parent, attr, base in swapped:
+            setattr(parent, attr, base)
+
+
+def _doc_batches(spans: list[tuple[int, int]], batch_docs: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
+    """Documents sorted by length (less padding), cut into batches, dealt round-robin to ranks."""
+    order = sorted(spans, key=lambda s: (s[1] - s[0], s[0]))
+    groups = [order[i: i + batch_docs] for i in range(0, len(order), batch_docs)]
+    return groups[rank::world]
+
+
+def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int]], ecfg: EvalConfig,
+                    window: int, rank: int = 0, world: int = 1, autocast_dtype: torch.dtype | None = None,
+                    seed: int = 0, progress: bool = False) -> None:
+    """Score documents `spans` with per-document LoRA TTT on `model` (its weights stay frozen)."""
+    K = ecfg.lora_chunk
+    if not 1 <= K <= window:
+        raise ValueError(f"eval.lora_chunk must be in [1, window={window}], got {K}")
+    groups = _doc_batches(spans, ecfg.lora_batch_docs, rank, world)
+    if progress:
+        from tqdm import tqdm
+
+        groups = tqdm(groups, desc="eval ttt-lora", unit="batch", leave=False)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    try:
+        with attached_lora(model, ecfg.lora_targets, ecfg.lora_batch_docs, ecfg.lora_rank, seed) as lora:
+            for group in groups:
+                lora.reset()
+                params = lora.parameters()
+                if ecfg.lora_optimizer == "adam":
+                    opt = torch.optim.Adam(params, lr=ecfg.lora_lr, betas=(0.9, 0.999))
+                else:
+                    opt = torch.optim.SGD(params, lr=ecfg.lora_lr)
+                n_chunks = max(math.ceil((hi - lo) / K) for lo, hi in group)
+                for k in range(n_chunks):
+                    _lora_step(model, lora, opt, scorer, group, k, K, window, autocast_dtype)
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        if was_training:
+            model.train()
+
+
+def _lora_step(model: nn.Module, lora: LoRASet, opt: torch.optim.Optimizer, scorer: Scorer,
+               group: list[tuple[int, int]], k: int, K: int, window: int,
+               autocast_dtype: torch.dtype | None) -> None:
+    """Score chunk k of every document in the batch that has one, then one step on those chunks."""
+    stream, dev, log = scorer.stream, scorer.device, scorer.log
+    rows = [i for i, (lo, hi) in enumerate(group) if lo + k * K < hi]
+    spec = []  # (window start, chunk start, chunk end) per active row
+    for i in rows:
+        lo, hi = group[i]
+        c_lo, c_hi = lo + k * K, min(lo + (k + 1) * K, hi)
+        spec.append((max(lo, c_hi - window), c_lo, c_hi))
+    w_start = torch.tensor([s[0] for s in spec], device=dev)
+    c_lo = torch.tensor([s[1] for s in spec], device=dev)
+    c_len = torch.tensor([s[2] - s[1] for s in spec], device=dev)
+    L = max(s[2] - s[0] for s in spec)
+    off = torch.arange(L, device=dev)
+    x = stream[(w_start[:, None] + off[None]).clamp(max=len(stream) - 1)]
+    j = torch.arange(K, device=dev)
+    pos = c_lo[:, None] + j[None]  # target index of each chunk slot [R, K]
+    valid = j[None] < c_len[:, None]
+    slot = (pos - w_start[:, None]).clamp(max=L - 1)
+    y = stream[(pos + 1).clamp(max=len(stream) - 1)]
+    lora.set_active(torch.tensor(rows, device=dev))
+    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        h = model.hidden(x)
+        hc = torch.gather(h, 1, slot[..., None].expand(-1, -1, h.size(-1)))
+        logits = model.logits_from_hidden(hc)
+        if lora.head is not None:
+            logits = logits + lora.head.delta(hc).float()
+    logits = logits.float()
+    states = None
+    if log is not None:
+        row_of = torch.arange(len(rows), device=dev)[:, None].expand(-1, K)[valid]
+        states = [(f"doc:{group[i][0]}", row_of == r) for r, i in enumerate(rows)]
+    scorer.add(logits[valid], pos[valid], states)
+    # Per-row mean NLL, summed over rows: each document's gradient is its own.
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(valid.shape)
+    loss = (nll * valid / c_len[:, None]).sum()
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    opt.step()
+    if log is not None:
+        for r, i in enumerate(rows):
+            lo = group[i][0]
+            # The document's leading BOS is its delimiter (every per-document method knows where
+            # documents start); the update used the document's own tokens up to the chunk end.
+            log.update(np.arange(max(spec[r][0] - 1, lo), spec[r][2], dtype=np.int64), f"doc:{lo}")
+
+
+def evaluate_ttt_lora(model: nn.Module, tokens: np.ndarray, tables: ByteTables, ecfg: EvalConfig, window: int,
+                      device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
+                      autocast_dtype: torch.dtype | None = None, log: ScoreLog | None = None,
+                      seed: int = 0, progress: bool = False, bos_id: int = BOS_ID) -> dict:
+    """Per-document LoRA TTT over the whole stream: val_loss, val_bpb, tokens, bytes, docs, nll."""
+    scorer = Scorer(as_stream(tokens, device), tables, log)
+    spans = doc_spans(tokens, bos_id)
+    m = copy.deepcopy(model).to(device)
+    lora_score_docs(m, scorer, spans, ecfg, window, rank, world, autocast_dtype, seed, progress)
+    out = scorer.result()
+    out["docs"] = len(spans)
+    return out

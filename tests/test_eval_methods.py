@@ -1,0 +1,348 @@
+"""Evaluation methods: plans, equivalences between methods, doc isolation, TTT, time budget."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pgolf.config import ConfigError, load_config
+from pgolf.data.tokenizer import ByteTables
+from pgolf.eval.api import evaluate
+from pgolf.eval.docs import doc_spans, docs_plan
+from pgolf.eval.phased import phase_bounds
+from pgolf.eval.plain import evaluate_plain
+from pgolf.eval.sliding import Window, plain_plan, plan_coverage, sliding_plan, split_plan
+from pgolf.eval.ttt_lora import attached_lora
+from pgolf.model.gpt import GPT
+
+V = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and 2 shared cores thrash under oversubscription.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(*extra: str):
+    return load_config("tiny", [
+        f"model.vocab_size={V}", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
+        "model.num_kv_heads=1", "model.smear_gate=v1", "model.bigram_buckets=32", "model.bigram_dim=8",
+        "train.seq_len=32", "train.micro_batch_tokens=32", "train.batch_tokens=32", "eval.max_tokens=0",
+        "eval.stride=8", "eval.batch_seqs=4", "eval.ttt_chunk_tokens=64", "eval.ttt_epochs=1",
+        "eval.ttt_batch_seqs=2", "eval.lora_chunk=8", "eval.lora_batch_docs=3", "eval.lora_targets=q,v,o,mlp,lm_head",
+        *extra])
+
+
+def tiny_model(cfg, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    m = GPT(cfg.model)
+    with torch.no_grad():  # zero-init projections would hide bugs: give every weight some signal
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def tables() -> ByteTables:
+    rng = np.random.default_rng(1)
+    boundary = np.isin(np.arange(V), [0, 1, 2, 3])
+    base = np.where(boundary, 0, rng.integers(1, 4, V)).astype(np.int16)
+    return ByteTables(base, (rng.random(V) < 0.3) & ~boundary, boundary)
+
+
+def stream(n: int = 300, seed: int = 0, docs: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(4, V, n)
+    toks[rng.choice(np.arange(1, n), docs, replace=False)] = 1
+    toks[0] = 1
+    return toks
+
+
+def close(a: dict, b: dict, atol: float = 2e-5) -> None:
+    assert a["tokens"] == b["tokens"] and a["bytes"] == b["bytes"]
+    assert abs(a["val_loss"] - b["val_loss"]) < atol
+    if "nll" in a and "nll" in b:
+        assert torch.allclose(a["nll"], b["nll"], atol=atol, rtol=0)
+
+
+# -- plans ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,w,s", [(1, 4, 2), (10, 4, 1), (100, 32, 8), (101, 32, 8), (37, 16, 16), (5, 64, 8),
+                                   (1000, 64, 7), (64, 64, 64), (65, 64, 64)])
+def test_sliding_plan_scores_every_target_once(n, w, s):
+    plan = sliding_plan(n, w, s)
+    assert (plan_coverage(plan, n) == 1).all()
+    assert plan[0] == Window(0, min(w, n), 0)
+    for k, win in enumerate(plan[1:], start=1):
+        # challenge.md: starts every s while start + (w - s) < total; later windows score their last s
+        assert win.start == k * s and win.start + (w - s) < n
+        assert win.score_from == win.start + w - s and win.length == min(w, n - win.start)
+    assert plan[-1].end == n
+
+
+def test_stride_equal_window_is_the_plain_plan():
+    assert sliding_plan(300, 32, 32) == plain_plan(300, 32)
+    assert (plan_coverage(plain_plan(299, 32), 299) == 1).all()
+
+
+def test_split_plan_cuts_at_chunks_and_keeps_coverage():
+    n, chunk = 500, 64
+    parts = split_plan(sliding_plan(n, 48, 8), chunk, n)
+    assert len(parts) == math.ceil(n / chunk)
+    for k, part in enumerate(parts):
+        for w in part:
+            assert k * chunk <= w.score_from < w.end <= min((k + 1) * chunk, n)
+    assert (plan_coverage([w for p in parts for w in p], n) == 1).all()
+
+
+def test_doc_spans_and_docs_plan():
+    toks = np.array([5, 6, 1, 7, 8, 9, 1, 1, 4, 4])
+    spans = doc_spans(toks)
+    assert spans == [(0, 2), (2, 6), (6, 7), (7, 9)]
+    plan = docs_plan(spans, window=2, stride=1)
+    assert (plan_coverage(plan, 9) == 1).all()
+    for w in plan:  # no window crosses a document start
+        assert any(lo <= w.start and w.end <= hi for lo, hi in spans)
+
+
+def test_phase_bounds_cut_at_target_fractions():
+    spans = [(0, 10), (10, 50), (50, 60), (60, 100)]
+    assert phase_bounds(spans, [0.5]) == [(0, 3), (3, 4)]  # target 50 is in doc 2
+    assert phase_bounds(spans, [0.05, 0.3]) == [(0, 1), (1, 2), (2, 4)]
+    assert phase_bounds(spans, [0.99]) == [(0, 4)]  # cutting after the last doc: one phase
+
+
+# -- equivalences --------------------------------------------------------------------------------
+
+def test_plain_method_matches_evaluate_plain():
+    cfg = tiny_cfg()
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    ref = evaluate_plain(m, toks, tb, 32, batch_seqs=4)
+    out = evaluate(m, toks, tb, cfg, method="plain")
+    close(out, ref)
+    assert out["method"] == "plain" and out["seconds"] >= 0 and not torch.isnan(out["nll"]).any()
+    # the per-target scores are the reported totals
+    assert abs(out["nll"].double().sum().item() / out["tokens"] - out["val_loss"]) < 1e-9
+    # bytes agree with an independent computation from the tables
+    assert out["bytes"] == tb.stream_bytes(toks)
+
+
+def test_sliding_with_window_covering_the_stream_equals_plain():
+    cfg = tiny_cfg("eval.seq_len=512", "eval.stride=16")
+    m, toks, tb = tiny_model(cfg), stream(200), tables()
+    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate(m, toks, tb, cfg, method="plain"))
+    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate_plain(m, toks, tb, 512))
+
+
+def test_sliding_with_stride_equal_window_equals_plain():
+    cfg = tiny_cfg("eval.stride=32")
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate_plain(m, toks, tb, 32))
+
+
+def test_sliding_scores_with_more_context_than_plain():
+    cfg = tiny_cfg()
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    plain, slide = evaluate(m, toks, tb, cfg, method="plain"), evaluate(m, toks, tb, cfg, method="sliding")
+    # the first window is shared; later targets see different context, so some scores differ
+    assert torch.allclose(plain["nll"][:32], slide["nll"][:32], atol=1e-5)
+    assert not torch.allclose(plain["nll"], slide["nll"], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["docs", "plain", "sliding"])
+def test_doc_isolated_two_documents_equal_each_alone(method):
+    # docs slides inside each document (64 < doc length); plain/sliding windows hold both docs
+    window = 64 if method == "docs" else 512
+    cfg = tiny_cfg("eval.doc_isolated=true", f"eval.seq_len={window}", "eval.stride=16")
+    m, tb = tiny_model(cfg), tables()
+    rng = np.random.default_rng(3)
+    a = np.concatenate(([1], rng.integers(4, V, 40)))
+    b = np.concatenate(([1], rng.integers(4, V, 70)))
+    both = evaluate(m, np.concatenate((a, b)), tb, cfg, method=method)["nll"].double()
+    alone_a = evaluate(m, a, tb, cfg, method=method)["nll"].double()
+    alone_b = evaluate(m, b, tb, cfg, method=method)["nll"].double()
+    assert torch.allclose(both[: len(a) - 1], alone_a, atol=2e-5)
+    assert torch.allclose(both[len(a):], alone_b, atol=2e-5)
+    bos_nll = both[len(a) - 1]  # doc a predicting b's BOS: the only extra term
+    assert abs(both.sum() - (alone_a.sum() + alone_b.sum() + bos_nll)) < 1e-4
+
+
+def test_docs_method_equals_doc_isolated_plain():
+    cfg = tiny_cfg("eval.doc_isolated=true", "eval.seq_len=512")
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    close(evaluate(m, toks, tb, cfg, method="docs"), evaluate(m, toks, tb, cfg, method="plain"))
+
+
+def test_ttt_sgd_with_zero_lr_equals_sliding():
+    cfg = tiny_cfg("eval.ttt_lr=0", "eval.ttt_epochs=2")
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    out = evaluate(m, toks, tb, cfg, method="ttt-sgd")
+    assert out["chunks"] == math.ceil(299 / 64)
+    close(out, evaluate(m, toks, tb, cfg, method="sliding"))
+
+
+def docs_stream(lengths: list[int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.concatenate(([1], rng.integers(4, V, n - 1))) for n in lengths])
+
+
+def test_ttt_lora_with_zero_lr_equals_docs():
+    # stride = lora_chunk, window a multiple of it, docs a multiple of it (the sliding plan's short
+    # tail window would otherwise see less context): both give each target the same context
+    cfg = tiny_cfg("eval.lora_lr=0", "eval.stride=8")
+    m, tb = tiny_model(cfg), tables()
+    toks = docs_stream([80, 16, 120, 48, 57])
+    assert [hi - lo for lo, hi in doc_spans(toks)] == [80, 16, 120, 48, 56]  # long documents slide too
+    close(evaluate(m, toks, tb, cfg, method="ttt-lora"), evaluate(m, toks, tb, cfg, method="docs"))
+
+
+def test_phased_with_zero_lr_equals_docs():
+    cfg = tiny_cfg("eval.lora_lr=0", "eval.ttt_lr=0", "eval.phased_points=[0.2,0.7]")
+    m, toks, tb = tiny_model(cfg), docs_stream([80, 16, 120, 48, 57]), tables()
+    out = evaluate(m, toks, tb, cfg, method="phased")
+    assert out["phases"] == 3
+    close(out, evaluate(m, toks, tb, cfg, method="docs"))
+
+
+# -- TTT actually adapts, and never touches the caller's model -------------------------------------
+
+def repeated_stream(n: int, period: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pattern = rng.integers(4, V, period)
+    toks = np.resize(pattern, n)
+    toks[::160] = 1  # a few documents, so phased TTT has phases
+    return toks
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("ttt-sgd", ["eval.ttt_lr=0.3", "eval.ttt_epochs=2", "eval.ttt_chunk_tokens=96"]),
+    ("ttt-lora", ["eval.lora_lr=0.03", "eval.lora_chunk=16"]),
+    ("phased", ["eval.lora_lr=0.03", "eval.lora_chunk=16", "eval.ttt_lr=0.3", "eval.phased_points=[0.3]"]),
+])
+def test_ttt_learns_a_repeated_stream_and_leaves_the_model_alone(method, extra):
+    # a 48-token pattern repeated: context beyond the 32-token window can only help through training
+    cfg = tiny_cfg("eval.stride=32", *extra)
+    m, tb = tiny_model(cfg), tables()
+    toks = repeated_stream(480, 48)
+    before = copy.deepcopy(m.state_dict())
+    base = evaluate(m, toks, tb, cfg, method="docs")
+    ttt = evaluate(m, toks, tb, cfg, method=method)
+    assert ttt["val_loss"] < base["val_loss"] - 0.05
+    if method == "phased":  # the global SGD between phases changed the scores of later documents
+        lora = evaluate(m, toks, tb, cfg, method="ttt-lora")
+        assert ttt["phases"] == 2 and abs(lora["val_loss"] - ttt["val_loss"]) > 1e-3
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(type(b.attn.c_q).__name__ == "CastedLinear" for b in m.blocks)
+
+
+def test_lora_adapters_start_as_identity_and_are_removed():
+    cfg = tiny_cfg()
+    m = tiny_model(cfg)
+    x = torch.as_tensor(stream(40)[None].repeat(3, 0))
+    ref = m(x)
+    with attached_lora(m, ["q", "k", "v", "o", "mlp"], rows=3, rank=4) as lora:
+        assert len(lora.modules) == 5 * cfg.model.num_layers
+        assert torch.equal(m(x), ref)
+        with torch.no_grad():
+            lora.modules[0].B[1].normal_()
+        out = m(x)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])  # rows do not mix
+        assert not torch.allclose(out[1], ref[1])
+    assert type(m.blocks[0].attn.c_q).__name__ == "CastedLinear"
+    assert torch.equal(m(x), ref)
+
+
+# -- budget and config checks ----------------------------------------------------------------------
+
+def test_time_limit_warns_or_fails():
+    from pgolf.cli import WorkError
+
+    cfg = tiny_cfg("eval.time_limit=1e-9")
+    m, toks, tb = tiny_model(cfg), stream(100), tables()
+    out = evaluate(m, toks, tb, cfg, method="plain")
+    assert "eval.time_limit" in out["warning"]
+    cfg = tiny_cfg("eval.time_limit=1e-9", "eval.enforce_time_limit=true")
+    with pytest.raises(WorkError, match="time_limit"):
+        evaluate(m, toks, tb, cfg, method="plain")
+    assert "warning" not in evaluate(m, toks, tb, tiny_cfg(), method="plain")
+
+
+def test_max_tokens_cuts_the_stream():
+    cfg = tiny_cfg("eval.max_tokens=101")
+    out = evaluate(tiny_model(cfg), stream(), tables(), cfg, method="sliding")
+    assert out["tokens"] == 100 and out["max_tokens"] == 101
+
+
+@pytest.mark.parametrize("override,field", [
+    ("eval.stride=64", "eval.stride"), ("eval.lora_targets=q,zz", "eval.lora_targets"),
+    ("eval.lora_chunk=64", "eval.lora_chunk"), ("eval.phased_points=[1.5]", "eval.phased_points"),
+])
+def test_bad_eval_config_names_the_field(override, field):
+    cfg = tiny_cfg(override)
+    method = {"eval.stride": "sliding", "eval.phased_points": "phased"}.get(field, "ttt-lora")
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        evaluate(tiny_model(cfg), stream(50), tables(), cfg, method=method)
+
+
+# -- distributed: ranks split the work, reductions are exact ---------------------------------------
+
+DIST_METHODS = ("sliding", "docs", "ttt-sgd", "ttt-lora", "phased")
+DIST_EXTRA = ("eval.ttt_lr=0.2", "eval.lora_lr=0.02", "eval.phased_points=[0.4]")
+
+
+def _dist_worker(rank: int, world: int, init: str, out_dir: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        cfg = tiny_cfg(*DIST_EXTRA)
+        m, toks, tb = tiny_model(cfg), stream(), tables()
+        res = {}
+        for method in DIST_METHODS:
+            r = evaluate(m, toks, tb, cfg, method=method, rank=rank, world=world)
+            res[method] = {k: r[k] for k in ("val_loss", "tokens", "bytes")}
+        if rank == 0:
+            with open(f"{out_dir}/dist.json", "w") as f:
+                json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_match_one(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dist_worker, args=(2, f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2, join=True)
+    got = json.loads((tmp_path / "dist.json").read_text())
+    cfg = tiny_cfg(*DIST_EXTRA)
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    for method in DIST_METHODS:
+        ref = evaluate(m, toks, tb, cfg, method=method)
+        assert got[method]["tokens"] == ref["tokens"] and got[method]["bytes"] == ref["bytes"], method
+        assert abs(got[method]["val_loss"] - ref["val_loss"]) < 1e-4, method
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["sliding", "docs", "ttt-sgd", "ttt-lora", "phased"])
+def test_cuda_matches_cpu(method):
+    # fp32 on both sides (train.dtype=fp32 turns bf16 autocast off) so the scores must agree closely
+    cfg = tiny_cfg("train.dtype=fp32", *DIST_EXTRA)
+    m, toks, tb = tiny_model(cfg), stream(), tables()
+    cpu = evaluate(m, toks, tb, cfg, method=method)
+    gpu = evaluate(copy.deepcopy(m), toks, tb, cfg, device="cuda", method=method)
+    assert gpu["tokens"] == cpu["tokens"] and gpu["bytes"] == cpu["bytes"]
+    assert abs(gpu["val_loss"] - cpu["val_loss"]) < 1e-3
+    bf16 = evaluate(copy.deepcopy(m), toks, tb, tiny_cfg(*DIST_EXTRA), device="cuda", method=method)
+    assert abs(bf16["val_loss"] - cpu["val_loss"]) < 0.05
