@@ -110,12 +110,14 @@ class GPT(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token (+ BigramHash) embedding, RMS-normed, then SmearGate (the records' order)."""
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx).to(x.dtype)
+        x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, idx)
-        return rms_norm(x)
+        return x
 
     def doc_mask(self, idx: torch.Tensor) -> torch.Tensor:
         """[B, 1, T, T] bool: causal and within the same document (documents start at BOS)."""
@@ -174,6 +176,8 @@ class GPT(nn.Module):
                 doc_isolated: bool = False, reduction: str = "mean") -> torch.Tensor:
         """Logits [B, T, V] (fp32) without targets; with targets the mean loss, or per-token NLL
         [B, T] when reduction="none"."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got '{reduction}'")
         logits = self.logits_from_hidden(self.hidden(idx, doc_isolated))
         if targets is None:
             return logits

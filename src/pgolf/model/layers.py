@@ -46,7 +46,9 @@ class Rotary(nn.Module):
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tables(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (T, device, dtype)
+        # Tables built under inference_mode cannot enter autograd later (e.g. validation at step 0,
+        # then training), so they are cached apart from normal ones.
+        key = (T, device, dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
             base = self.base
             if self.train_len and T > self.train_len and self.dims > 2:
