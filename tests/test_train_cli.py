@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pgolf.cli import main
-from pgolf.train.commands import ENV_FIELDS, apply_env_compat
+from pgolf.compat import ENV_FIELDS, apply_env_compat
 from train_util import make_real_data, one_thread, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -187,7 +187,7 @@ def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLi
     writers = {s: _SplitWriter(out, s, shard_tokens) for s in ("val", "train")}
     from tqdm import tqdm
 
-    bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=not progress)
+    bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=None if progress else True)
     batches = _batches(iter_documents(paths), val_docs)
     encoded = _encoded(batches, str(tok_path), workers, sp)
     try:

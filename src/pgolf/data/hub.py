@@ -216,7 +216,7 @@ def download(variant: str, out_dir: str | os.PathLike, train_shards: int = 80, r
     from tqdm import tqdm
 
     fetched = skipped = 0
-    for remote, dest, is_shard in tqdm(jobs, desc="download", unit="file", file=sys.stderr, disable=not progress):
+    for remote, dest, is_shard in tqdm(jobs, desc="download", unit="file", file=sys.stderr, disable=None if progress else True):
         if dest.is_file() and (_shard_ok(dest) if is_shard else True):
             skipped += 1
             continue

@@ -189,9 +189,7 @@ def load_for_eval(path: str | os.PathLike, data_dir: str | os.PathLike, tokenize
         raise InputError(f"tokenizer has {tables.vocab_size} pieces but the model's vocab_size is "
                          f"{cfg.model.vocab_size} (pass the tokenizer the run was trained with)")
     tokens = load_split(data_dir, "val", cfg.model.vocab_size, cfg.eval.max_tokens)
-    # Recurrence is on at the end of training whenever it was scheduled to start before the end.
-    m = cfg.model
-    model.set_recurrence(m.recur_start >= 0 and m.recur_start_frac < 1.0)
+    # Recurrence is as the weights recorded it (pgolf.model.io.load_model sets it).
     return EvalInputs(model, cfg, tokens, tables, resolve_device(cfg.train.device), info)
 
 
@@ -243,3 +241,18 @@ def eval_and_record(path: str | os.PathLike, data_dir: str | os.PathLike, method
     if run_dir is not None:
         out["summary"] = str(record_summary(run_dir, out, out["source"]))
     return out
+
+
+# Evaluated on CPU when the config sets no cap: the first ~1M validation tokens (the 901-doc FineWeb
+# prefix shipped in ../shared is 1,040,060 sp1024 tokens, so there it is all of it).
+CPU_EVAL_TOKENS = 1_048_576
+
+
+def eval_token_cap(cfg: Config, device: torch.device) -> tuple[int, str]:
+    """How many val tokens to evaluate, and a note saying what that is."""
+    if cfg.eval.max_tokens:
+        return cfg.eval.max_tokens, f"first {cfg.eval.max_tokens:,} validation tokens (eval.max_tokens)"
+    if device.type == "cpu":
+        return CPU_EVAL_TOKENS, (f"first {CPU_EVAL_TOKENS:,} validation tokens (CPU default subset; "
+                                 "set eval.max_tokens to change, full val needs a GPU)")
+    return 0, "full validation split"

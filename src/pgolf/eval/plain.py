@@ -48,7 +48,7 @@ def evaluate_plain(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTable
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(groups, desc="eval plain", unit="batch", leave=False)
+        it = tqdm(groups, desc="eval plain", unit="batch", leave=False, disable=None)
     for group in it:
         length = group[0][1]
         x = torch.stack([stream[s: s + length] for s, _ in group]).to(device)

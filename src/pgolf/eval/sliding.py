@@ -199,7 +199,7 @@ def score_plan(model: torch.nn.Module, scorer: Scorer, plan: list[Window], batch
     if progress:
         from tqdm import tqdm
 
-        groups = tqdm(groups, desc=desc, unit="batch", leave=False)
+        groups = tqdm(groups, desc=desc, unit="batch", leave=False, disable=None)
     dev = scorer.device
     for group in groups:
         x, pos, mask = window_inputs(scorer.stream, group)

@@ -137,7 +137,7 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
     if progress:
         from tqdm import tqdm
 
-        groups = tqdm(groups, desc="eval ttt-lora", unit="batch", leave=False)
+        groups = tqdm(groups, desc="eval ttt-lora", unit="batch", leave=False, disable=None)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)

@@ -112,7 +112,7 @@ def evaluate_ttt_sgd(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTab
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="eval ttt-sgd", unit="chunk", leave=False)
+        it = tqdm(it, desc="eval ttt-sgd", unit="chunk", leave=False, disable=None)
     for c in it:
         score_plan(m, scorer, rank_slice(plans[c], rank, world), ecfg.batch_seqs, doc_isolated, autocast_dtype)
         if c == len(plans) - 1:

@@ -22,6 +22,7 @@ from pgolf.model.gpt import GPT
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ARTIFACT_SUFFIX = ".pgolf"
+RECURRENCE_KEY = "recurrence_active"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -58,6 +59,17 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         raise
 
 
+def load_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise InputError(f"{path}: not a valid safetensors file ({e})") from None
+
+
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -77,8 +89,16 @@ def save_run_model(run_dir: str | os.PathLike, model: GPT, cfg: Config,
                    state: dict[str, torch.Tensor] | None = None) -> Path:
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json())
-    save_tensors(run_dir / WEIGHTS_FILE, state if state is not None else model_state(model))
+    # The layer schedule the weights were trained for travels with them (depth recurrence on/off).
+    save_tensors(run_dir / WEIGHTS_FILE, state if state is not None else model_state(model),
+                 metadata={RECURRENCE_KEY: int(model.recurrence_active)})
     return run_dir / WEIGHTS_FILE
+
+
+def recurrence_flag(meta: dict) -> bool | None:
+    """The saved recurrence state from weights metadata or artifact meta (None if not recorded)."""
+    v = meta.get(RECURRENCE_KEY)
+    return None if v is None else str(v) in ("1", "True", "true")
 
 
 def load_config_file(path: str | os.PathLike) -> Config:
@@ -91,8 +111,14 @@ def load_config_file(path: str | os.PathLike) -> Config:
         raise InputError(f"{path}: invalid JSON ({e})") from None
 
 
-def build_from_state(cfg: Config, state: dict[str, torch.Tensor], where: str) -> GPT:
+def build_from_state(cfg: Config, state: dict[str, torch.Tensor], where: str,
+                     recurrence: bool | None = None) -> GPT:
+    """A model with these weights. Recurrence as recorded, else as the config schedules it
+    (on whenever it was set to start before the end of training)."""
     model = GPT(cfg.model)
+    if recurrence is None:
+        recurrence = cfg.model.recur_start >= 0 and cfg.model.recur_start_frac < 1.0
+    model.set_recurrence(recurrence)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InputError(f"{where}: weights do not match the config "
@@ -108,8 +134,10 @@ def load_model(path: str | os.PathLike) -> tuple[GPT, Config, dict]:
     path = Path(path)
     if path.is_dir():
         cfg = load_config_file(path / CONFIG_FILE)
-        state = load_tensors(path / WEIGHTS_FILE)
-        return build_from_state(cfg, state, str(path)), cfg, {"source": "run", "path": str(path)}
+        weights = path / WEIGHTS_FILE
+        state = load_tensors(weights)
+        rec = recurrence_flag(load_metadata(weights))
+        return build_from_state(cfg, state, str(path), rec), cfg, {"source": "run", "path": str(path)}
     if path.is_file():
         from pgolf.quant.container import read_artifact  # container never unpickles
 
@@ -119,5 +147,6 @@ def load_model(path: str | os.PathLike) -> tuple[GPT, Config, dict]:
         except Exception as e:
             raise InputError(f"{path}: artifact config is invalid ({e})") from None
         state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-        return build_from_state(cfg, state, str(path)), cfg, {"source": "artifact", "path": str(path), "meta": meta}
+        model = build_from_state(cfg, state, str(path), recurrence_flag(meta))
+        return model, cfg, {"source": "artifact", "path": str(path), "meta": meta}
     raise InputError(f"{path}: neither a run directory nor an artifact file")

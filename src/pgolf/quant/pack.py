@@ -15,7 +15,8 @@ import torch
 
 from pgolf.config import Config
 from pgolf.errors import InputError, WorkError
-from pgolf.model.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, load_config_file, load_tensors
+from pgolf.model.io import (CONFIG_FILE, RECURRENCE_KEY, WEIGHTS_FILE, atomic_write_text, load_config_file,
+                            load_metadata, load_tensors, recurrence_flag)
 
 ARTIFACT_FILE = "artifact.pgolf"
 HESSIAN_FILE = "hessians.safetensors"
@@ -39,7 +40,7 @@ def run_hessians(run_dir: Path, cfg: Config, state: dict[str, torch.Tensor]) -> 
     from pgolf.model.io import build_from_state
     from pgolf.quant.gptq import collect_hessians, gptq_module_names, self_generated_batches
 
-    model = build_from_state(cfg, state, str(run_dir))
+    model = build_from_state(cfg, state, str(run_dir), recurrence_flag(load_metadata(run_dir / WEIGHTS_FILE)))
     q = cfg.quant
     batches = self_generated_batches(model, q.gptq_batches, q.gptq_seq_len, q.gptq_temperature,
                                      seed=cfg.train.seed, vocab_size=cfg.model.vocab_size, bos_id=cfg.model.bos_id)
@@ -67,6 +68,9 @@ def pack_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
     code = code_bytes_for(cfg)
     meta = {"recipe": cfg.name, "seed": cfg.train.seed, "pgolf_version": __import__("pgolf").__version__,
             "torch_version": torch.__version__}
+    rec = recurrence_flag(load_metadata(run_dir / WEIGHTS_FILE))
+    if rec is not None:
+        meta[RECURRENCE_KEY] = int(rec)
     from pgolf.quant.budget import budget_json
 
     full = pack_model(state, cfg.to_dict(), cfg.quant, out_path, code, meta, hessians=hessians)

@@ -153,7 +153,8 @@ class RunLog:
         if self.enabled and enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True,
+                            disable=None)  # None: no bar when stderr is not a terminal (logs stay readable)
 
     def bar_update(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:

@@ -26,6 +26,7 @@ from pgolf.data.tokenizer import byte_tables, load_tokenizer
 from pgolf.errors import InputError, WorkError
 from pgolf.eval.plain import evaluate_plain
 from pgolf.model.gpt import GPT
+from pgolf.eval.api import eval_token_cap
 from pgolf.model.io import CONFIG_FILE, atomic_write_text, model_state, save_run_model, save_tensors
 from pgolf.optim.averaging import make_averager
 from pgolf.optim.groups import build_optimizers, describe_groups
@@ -123,8 +124,10 @@ class Trainer:
         cfg.data.tokenizer = str(tok_path)
         self.tables = byte_tables(sp)
         self.val_tokens = load_split(self.data_dir, "val", cfg.model.vocab_size, cfg.train.val_tokens)
-        self.final_val_tokens = (self.val_tokens if cfg.eval.max_tokens == cfg.train.val_tokens else
-                                 load_split(self.data_dir, "val", cfg.model.vocab_size, cfg.eval.max_tokens))
+        # The pre-quant number is measured on exactly the tokens the artifact will be scored on.
+        final_cap, _ = eval_token_cap(cfg, info.device)
+        self.final_val_tokens = (self.val_tokens if final_cap == cfg.train.val_tokens else
+                                 load_split(self.data_dir, "val", cfg.model.vocab_size, final_cap))
 
         self.info = info
         self.device = self.info.device
