@@ -6,7 +6,7 @@ from pgolf.quant import (budget_json, budget_totals, format_budget_table, pack_m
                          read_artifact, read_artifact_quantized, serialize_artifact)
 from pgolf.quant.lqer import apply_lqer
 from pgolf.quant.prune import prune_ones
-from pgolf.quant.quantizers import QuantizedTensor, quantize
+from pgolf.quant.quantizers import QuantizedTensor
 
 
 def _state(seed=0, d=64):

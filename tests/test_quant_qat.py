@@ -1,5 +1,4 @@
 """Fake quantization (QAT) and the late-QAT switch under torch.compile."""
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

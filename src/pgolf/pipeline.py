@@ -153,6 +153,8 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
     cap, subset_note = eval_token_cap(cfg, device)
     tables = byte_tables(load_tokenizer(tok))
     tokens = load_split(data_dir, "val", cfg.model.vocab_size, max_tokens=cap)
+    if cap and len(tokens) < cap:
+        subset_note = f"all {len(tokens):,} validation tokens in {data_dir} (fewer than the cap of {cap:,})"
     _log(f"evaluating the artifact ({cfg.eval.method}) on {subset_note}")
     t0 = time.time()
     result = evaluate(model, tokens, tables, acfg, device, rank=rank, world=world)

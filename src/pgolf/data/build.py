@@ -14,11 +14,10 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,6 +25,7 @@ import pgolf
 from pgolf.data.corpus import expand_paths, iter_documents
 from pgolf.data.shards import list_shards, write_shard
 from pgolf.data.tokenizer import BOS_ID, file_sha256, load_tokenizer
+from pgolf.atomic import atomic_write_json
 from pgolf.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -33,21 +33,7 @@ BATCH_DOCS = 512  # documents per tokenization task
 BATCH_CHARS = 4 << 20  # ...or fewer when they are long, to bound memory per task
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """JSON with sorted keys via temp file + rename (deterministic bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_json_atomic = atomic_write_json  # the manifest writer (sorted keys: deterministic bytes)
 
 
 def shard_name(split: str, index: int) -> str:

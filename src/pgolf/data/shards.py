@@ -5,11 +5,11 @@ header[0] = 20240520 (magic), header[1] = 1 (version), header[2] = token count, 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pgolf.atomic import atomic_path
 from pgolf.errors import InputError
 
 MAGIC = 20240520
@@ -26,21 +26,11 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
         raise InputError(f"{path}: token ids must fit uint16 (0..65535)")
     header = np.zeros(HEADER_WORDS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; shards are ordinary data files
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype("<u2", copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2", copy=False).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_header(path: str | os.PathLike) -> int:

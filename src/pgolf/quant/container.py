@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Union
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pgolf.atomic import atomic_write_bytes
 from pgolf.errors import InputError
 from pgolf.quant.codecs import (CODECS, CodecError, byte_shuffle, byte_unshuffle, compress, decompress,
                                 pack_lowbit, packed_nbytes, unpack_lowbit)
@@ -164,21 +163,6 @@ def serialize_artifact(tensors: Mapping[str, Stored], config: dict, meta: dict, 
     hraw = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode("utf-8")
     hblob = compress(hraw, codec)
     return _PREFIX.pack(MAGIC, CODECS.index(codec), len(hblob), len(hraw)) + hblob + payload
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_artifact(path: str | Path, tensors: Mapping[str, Stored], config: dict, meta: dict,

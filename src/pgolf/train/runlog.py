@@ -12,7 +12,6 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgolf.atomic import atomic_path
 from pgolf.model.io import atomic_write_text
 
 ENV_FILE = "env.json"
@@ -193,12 +193,9 @@ class RunLog:
             a.grid(alpha=0.3)
         fig.tight_layout()
         path = self.dir / PLOT_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=self.dir)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=100)
         finally:
             plt.close(fig)
-            Path(tmp).unlink(missing_ok=True)
         return path
