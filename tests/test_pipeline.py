@@ -82,6 +82,10 @@ def test_run_writes_complete_summary(micro_run: Path):
     uniform_bpb = math.log2(1024) * s["eval_tokens"] / s["eval_bytes"]
     assert s["val_bpb"] < uniform_bpb - 0.5
     assert (micro_run / "hessians.safetensors").exists()  # GPTQ calibration inside training
+    # The automatic legality audit of the run's eval method is recorded for the submission.
+    audit = json.loads((micro_run / "audit.json").read_text())
+    assert s["audit_passed"] is True and audit["passed"] is True
+    assert set(audit["methods"]["plain"]["checks"]) >= {"causality", "single_pass", "normalization"}
 
 
 def test_artifact_alone_in_fresh_process_gives_reported_bpb(micro_run: Path, micro_data: Path, tmp_path: Path):
@@ -149,3 +153,19 @@ def test_pack_refuses_over_budget(tmp_path: Path, sp1024_model: Path, capsys):
     assert not (tmp_path / "artifact.pgolf").exists()
     with pytest.raises(Exception):
         pack_run(tmp_path)
+
+
+def test_auto_fit_reports_bpb_cost(micro_run: Path, tmp_path: Path):
+    from pgolf.config import apply_overrides
+    from pgolf.model.io import load_config_file
+
+    base = load_config_file(micro_run / "config.json")
+    size = (micro_run / "artifact.pgolf").stat().st_size
+    code = json.loads((micro_run / "summary.json").read_text())["code_bytes"]
+    target = code + int(size * 0.97)  # 3% smaller than the plain packing: clip widening / pruning must act
+    cfg = Config.from_dict(apply_overrides(base.to_dict(), [f"quant.target_bytes={target}", "quant.auto_fit=true"]))
+    report = pack_run(micro_run, tmp_path / "fit.pgolf", overrides=cfg, update_summary=False)
+    fit = report["auto_fit"]
+    assert fit["actions"] and report["total_bytes"] < target
+    assert isinstance(fit["bpb_cost"], float) and -0.01 < fit["bpb_cost"] < 0.5
+

@@ -186,6 +186,7 @@ class EvalConfig:
     lora_optimizer: str = "adam"
     lora_batch_docs: int = 64
     phased_points: list[float] = field(default_factory=lambda: [0.5])  # fractions of docs
+    audit_tokens: int = 8192  # `pgolf run` audits its eval method on this many val tokens (0 = skip)
 
 
 @dataclass
@@ -449,3 +450,4 @@ def validate(cfg: Config) -> None:
     _check(e.stride >= 1, "eval.stride", "must be >= 1")
     _check(e.batch_seqs >= 1, "eval.batch_seqs", "must be >= 1")
     _check(e.max_tokens >= 0, "eval.max_tokens", "must be >= 0")
+    _check(e.audit_tokens >= 0, "eval.audit_tokens", "must be >= 0")

@@ -163,6 +163,7 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
     plain = result if result.get("method", acfg.eval.method) == "plain" else \
         evaluate(model, tokens, tables, acfg, device, method="plain", rank=rank, world=world)
 
+    audit = _audit(model, tokens, tables, acfg, device, out)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else dict(summary)
     summary.update({
@@ -170,6 +171,7 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
         "eval_method": result.get("method", cfg.eval.method), "eval_seconds": eval_seconds,
         "eval_tokens": result["tokens"], "eval_bytes": result["bytes"], "eval_subset": subset_note,
         "val_bpb_postquant_plain": plain["val_bpb"],
+        "audit_passed": None if audit is None else audit["passed"],
         "quant_gap": (plain["val_bpb"] - summary["val_bpb_prequant"]
                       if summary.get("val_bpb_prequant") is not None else None),
     })
@@ -178,6 +180,28 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
         _log(f"val_bpb {result['val_bpb']:.4f} (pre-quant {summary.get('val_bpb_prequant')}) on {subset_note}; "
              f"artifact {summary.get('artifact_bytes')} bytes")
     return summary
+
+
+def _audit(model, tokens, tables, cfg: Config, device: torch.device, out: Path) -> dict | None:
+    """The automatic legality audit of the run's own eval method on the first val tokens.
+
+    Every rank runs the same audit as a world of one (process-group reductions then see identical
+    work on all ranks); rank 0 records RUN/audit.json. A failure stops the run (exit 1)."""
+    from pgolf.eval.api import record_audit
+    from pgolf.eval.audit import audit_model
+
+    n = cfg.eval.audit_tokens
+    if not n:
+        return None
+    report = audit_model(model, tokens[:n], tables, cfg, cfg.eval.method, device)
+    if _is_rank0():
+        record_audit(out, report)
+        failed = [k for k, c in report["checks"].items() if c["passed"] is False]
+        _log(f"legality audit of {cfg.eval.method} on {report['targets']:,} targets: "
+             + ("passed" if report["passed"] else f"FAILED ({', '.join(failed)})"))
+    if not report["passed"]:
+        raise WorkError(f"legality audit of eval method {cfg.eval.method} failed; see {out / 'audit.json'}")
+    return report
 
 
 def _eval_device(cfg: Config) -> torch.device:

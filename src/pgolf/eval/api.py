@@ -204,6 +204,27 @@ def run_dir_of(path: str | os.PathLike) -> Path | None:
     return None
 
 
+AUDIT_FILE = "audit.json"
+
+
+def record_audit(run_dir: str | os.PathLike, report: dict) -> Path:
+    """Merge one method's audit into RUN/audit.json: {"passed": all methods passed, "methods": {...}}.
+    `pgolf submit` reads it for the compliance section."""
+    from pgolf.atomic import atomic_write_json
+
+    path = Path(run_dir) / AUDIT_FILE
+    data = {"methods": {}}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise InputError(f"{path}: invalid JSON") from None
+    data.setdefault("methods", {})[report["method"]] = report
+    data["passed"] = all(r.get("passed") for r in data["methods"].values())
+    atomic_write_json(path, data)
+    return path
+
+
 def record_summary(run_dir: str | os.PathLike, result: dict, source: str) -> Path:
     """Merge the evaluation into RUN/summary.json (atomic). An artifact's score is the headline
     val_bpb; a run dir's (pre-quantization) score goes to val_bpb_prequant, and to val_bpb only

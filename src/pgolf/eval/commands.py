@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from pgolf.cli import add_json_flag
-from pgolf.eval.api import METHODS, eval_and_record, evaluate, load_for_eval
+from pgolf.eval.api import METHODS, eval_and_record, evaluate, load_for_eval, record_audit, run_dir_of
 
 AUDIT_DEFAULT_TOKENS = 8192  # the audit re-runs the method several times: keep the stream short
 
@@ -47,6 +47,9 @@ def cmd_audit(args: argparse.Namespace) -> tuple[dict, int]:
     inp = load_for_eval(args.path, args.data, args.tokenizer, args.overrides, args.method, args.max_tokens)
     report = audit_model(inp.model, inp.tokens, inp.tables, inp.cfg, inp.cfg.eval.method, inp.device,
                          points=args.points, probes=args.probes, seed=args.seed)
+    run_dir = run_dir_of(args.path)
+    if run_dir is not None:  # a run's audit.json feeds the submission's compliance section
+        report["recorded"] = str(record_audit(run_dir, report))
     return report, 0 if report["passed"] else 1
 
 
