@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -30,3 +31,14 @@ def sp8192_model(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def val_docs(shared_dir: Path) -> Path:
     return shared_dir / "fineweb" / "val_docs_901.jsonl"
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: tiny models gain nothing from threads, and 2 shared cores thrash when
+    oversubscribed. Opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+

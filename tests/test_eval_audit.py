@@ -9,23 +9,16 @@ import torch
 
 import pgolf.model.embed as embed
 from pgolf.config import load_config
-from pgolf.data.tokenizer import ByteTables
 from pgolf.eval.api import METHODS, eval_window
 from pgolf.eval.audit import audit, audit_model, check_score_before_update, check_single_pass
 from pgolf.eval.sliding import (ScoreLog, Scorer, Window, as_stream, evaluate_plan, score_plan, sliding_plan,
                                 split_plan)
 from pgolf.eval.ttt_sgd import make_sgd, train_range
-from pgolf.model.gpt import GPT
 
-V = 64
+from eval_util import V, tables, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(*extra: str):
@@ -38,20 +31,6 @@ def tiny_cfg(*extra: str):
         "eval.doc_isolated=true", "eval.phased_points=[0.4]", *extra])
 
 
-def tiny_model(cfg, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    m = GPT(cfg.model)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
-
-
-def tables() -> ByteTables:
-    rng = np.random.default_rng(1)
-    boundary = np.isin(np.arange(V), [0, 1, 2, 3])
-    base = np.where(boundary, 0, rng.integers(1, 4, V)).astype(np.int16)
-    return ByteTables(base, (rng.random(V) < 0.3) & ~boundary, boundary)
 
 
 def stream(n: int = 240, seed: int = 0) -> np.ndarray:

@@ -9,25 +9,17 @@ import pytest
 import torch
 
 from pgolf.config import ConfigError, load_config
-from pgolf.data.tokenizer import ByteTables
 from pgolf.eval.api import evaluate
 from pgolf.eval.docs import doc_spans, docs_plan
 from pgolf.eval.phased import phase_bounds
 from pgolf.eval.plain import evaluate_plain
 from pgolf.eval.sliding import Window, plain_plan, plan_coverage, sliding_plan, split_plan
 from pgolf.eval.ttt_lora import attached_lora
-from pgolf.model.gpt import GPT
 
-V = 64
+from eval_util import V, tables, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and 2 shared cores thrash under oversubscription.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(*extra: str):
@@ -40,20 +32,6 @@ def tiny_cfg(*extra: str):
         *extra])
 
 
-def tiny_model(cfg, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    m = GPT(cfg.model)
-    with torch.no_grad():  # zero-init projections would hide bugs: give every weight some signal
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
-
-
-def tables() -> ByteTables:
-    rng = np.random.default_rng(1)
-    boundary = np.isin(np.arange(V), [0, 1, 2, 3])
-    base = np.where(boundary, 0, rng.integers(1, 4, V)).astype(np.int16)
-    return ByteTables(base, (rng.random(V) < 0.3) & ~boundary, boundary)
 
 
 def stream(n: int = 300, seed: int = 0, docs: int = 6) -> np.ndarray:

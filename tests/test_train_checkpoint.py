@@ -18,7 +18,7 @@ from pgolf.train.checkpoint import (CKPT_DIR, STATE_FILE, capture_rng, find_chec
                                     restore_rng, unflatten_state)
 from pgolf.train.runlog import read_metrics
 from pgolf.train.trainer import TrainingInterrupted, train
-from train_util import make_real_data, one_thread, tiny_config, tiny_overrides  # noqa: F401
+from train_util import make_real_data, tiny_config, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 
 from pgolf.cli import main
 from pgolf.compat import ENV_FIELDS, apply_env_compat
-from train_util import make_real_data, one_thread, tiny_overrides  # noqa: F401
+from train_util import make_real_data, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 
 from pgolf.train.runlog import read_metrics
 from pgolf.train.trainer import train
-from train_util import make_real_data, one_thread, tiny_config, tiny_overrides  # noqa: F401
+from train_util import make_real_data, tiny_config, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

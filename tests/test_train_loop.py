@@ -12,7 +12,7 @@ from pgolf.model.io import load_tensors
 from pgolf.train import dist as D
 from pgolf.train.runlog import SUMMARY_KEYS, read_metrics
 from pgolf.train.trainer import Trainer, grad_accum_steps, train
-from train_util import make_fixed_batch_data, make_real_data, one_thread, tiny_config  # noqa: F401
+from train_util import make_fixed_batch_data, make_real_data, tiny_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -66,14 +66,3 @@ def make_fixed_batch_data(root: Path, span: int, seed: int = 0) -> Path:
     toks = np.asarray(read_shard(VAL_SHARD), dtype=np.int64)
     write_shard(d / "fineweb_val_000000.bin", toks[:4096])
     return d
-
-
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch: on a shared 2-core box, 2 OpenMP threads thrash on tiny matmuls."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
