@@ -207,3 +207,19 @@ def test_bundled_script_matches_pgolf_run(tmp_path):
     # the bundle counts itself: code bytes inside it equal those computed by the installed pgolf
     assert a["code_bytes"] == b["code_bytes"] == (work / "train_gpt.py").stat().st_size
     assert a["artifact_bytes"] == b["artifact_bytes"]
+
+
+def test_bundle_carries_only_the_recipes_eval_method():
+    from pgolf.config import load_config
+    from pgolf.submit.bundle import module_closure
+
+    plain = module_closure(cfg=load_config("tiny"))  # plain eval
+    assert {"pgolf.eval.ttt_sgd", "pgolf.eval.ttt_lora", "pgolf.eval.phased", "pgolf.data.hub"} <= set(plain.skipped)
+    assert not set(plain.skipped) & set(plain.modules)
+    assert "pgolf.eval.sliding" in plain.modules and "pgolf.eval.audit" in plain.modules
+    ttt = module_closure(cfg=load_config("pr1413"))  # score-first TTT
+    assert "pgolf.eval.ttt_sgd" in ttt.modules and "pgolf.eval.ttt_lora" not in ttt.modules
+    phased = module_closure(cfg=load_config("tiny", ["eval.method=phased"]))
+    assert {"pgolf.eval.ttt_sgd", "pgolf.eval.ttt_lora", "pgolf.eval.phased"} <= set(phased.modules)
+    # No CLI in any bundle: nothing the pipeline reaches imports it.
+    assert not plain.forced and "pgolf.cli" not in plain.modules

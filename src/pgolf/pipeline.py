@@ -79,8 +79,11 @@ def resolve_data(cfg: Config, data: list[str] | None, val_data: list[str] | None
 
     tok = tokenizer or cfg.data.tokenizer or None
     if not data:
-        from pgolf.data.hub import download
-
+        try:
+            from pgolf.data.hub import download
+        except ModuleNotFoundError:  # a bundled train_gpt.py carries no downloader
+            raise InputError("--data: required here (a shard dir with fineweb_train_*/fineweb_val_*.bin; "
+                             "fetch the published export with `pgolf data download`)") from None
         variant = f"sp{cfg.model.vocab_size}"
         dest = Path("data") / variant
         if _is_rank0():

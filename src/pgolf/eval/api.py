@@ -19,10 +19,7 @@ from pgolf.config import Config, ConfigError, apply_overrides
 from pgolf.data.tokenizer import ByteTables
 from pgolf.errors import InputError
 from pgolf.eval.docs import evaluate_docs
-from pgolf.eval.phased import evaluate_phased
 from pgolf.eval.sliding import ScoreLog, evaluate_plan, evaluate_sliding, plain_plan
-from pgolf.eval.ttt_lora import HEAD_TARGET, LORA_TARGETS, evaluate_ttt_lora
-from pgolf.eval.ttt_sgd import evaluate_ttt_sgd
 
 METHODS = ("plain", "sliding", "docs", "ttt-sgd", "ttt-lora", "phased")
 SUMMARY_FILE = "summary.json"
@@ -56,6 +53,8 @@ def check_eval_config(cfg: Config, method: str) -> None:
         need(0 <= e.ttt_freeze_blocks <= cfg.model.num_layers, "eval.ttt_freeze_blocks",
              f"must be in [0, num_layers={cfg.model.num_layers}]")
     if method in ("ttt-lora", "phased"):
+        from pgolf.eval.ttt_lora import HEAD_TARGET, LORA_TARGETS
+
         known = sorted(LORA_TARGETS) + [HEAD_TARGET]
         bad = [t for t in e.lora_targets if t not in known]
         need(not bad and bool(e.lora_targets), "eval.lora_targets", f"expected a non-empty subset of {known}, got {e.lora_targets}")
@@ -84,7 +83,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, cfg
     Over cfg.eval.time_limit the result carries a "warning"; with enforce_time_limit it raises
     WorkError instead. Only the method's own work is timed (no warm-up here, so none touches val).
     """
-    from pgolf.cli import WorkError
+    from pgolf.errors import WorkError
 
     method = method or cfg.eval.method
     check_eval_config(cfg, method)
@@ -108,11 +107,18 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, cfg
         out = evaluate_sliding(model, tokens, tables, w, e.stride, e.batch_seqs, doc_isolated=e.doc_isolated, **common)
     elif method == "docs":
         out = evaluate_docs(model, tokens, tables, w, e.stride, e.batch_seqs, bos_id=bos, **common)
+    # TTT methods load on use, so a bundled train_gpt.py carries only its recipe's method.
     elif method == "ttt-sgd":
+        from pgolf.eval.ttt_sgd import evaluate_ttt_sgd
+
         out = evaluate_ttt_sgd(model, tokens, tables, e, w, doc_isolated=e.doc_isolated, **common)
     elif method == "ttt-lora":
+        from pgolf.eval.ttt_lora import evaluate_ttt_lora
+
         out = evaluate_ttt_lora(model, tokens, tables, e, w, seed=seed, bos_id=bos, **common)
     else:
+        from pgolf.eval.phased import evaluate_phased
+
         out = evaluate_phased(model, tokens, tables, e, w, seed=seed, bos_id=bos, **common)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -225,8 +225,6 @@ def method_plan(method: str, tokens: np.ndarray, cfg: Config) -> list[Window] | 
 
 def method_doc_limit(method: str, tokens: np.ndarray, cfg: Config) -> int | None:
     """Targets below which a method keeps documents independent (None: not doc-isolated)."""
-    from pgolf.eval.phased import phase_bounds
-
     n = len(tokens) - 1
     if method in ("docs", "ttt-lora"):
         return n
@@ -235,6 +233,8 @@ def method_doc_limit(method: str, tokens: np.ndarray, cfg: Config) -> int | None
     if method == "ttt-sgd":
         return min(cfg.eval.ttt_chunk_tokens, n) if cfg.eval.doc_isolated else None
     if method == "phased":
+        from pgolf.eval.phased import phase_bounds
+
         spans = doc_spans(tokens, cfg.model.bos_id)
         phases = phase_bounds(spans, cfg.eval.phased_points)
         return spans[phases[0][1] - 1][1] if phases else None

@@ -6,7 +6,8 @@ What the file holds, in order (this is exactly what `code_bytes` counts, byte fo
      needs - the transitive closure of its intra-package imports found with `ast` (top-level and
      lazy imports inside functions, relative imports, `from pkg import submodule`, and
      `importlib.import_module("pgolf...")` with a literal name), plus every parent package's
-     `__init__`. Sources are embedded unchanged (comments and docstrings included).
+     `__init__`, less the OPTIONAL modules the recipe does not use (TTT methods it does not
+     evaluate with, the hub downloader). Sources are embedded unchanged in the plain variant.
      CLI command modules (`pgolf.cli`, `pgolf.*.commands`) are left out unless a bundled module
      imports one (then it is included and listed in `BundleInfo.forced`). `pgolf.submit.bundle`
      itself is in the closure (packing computes code bytes), and inside a running bundle it
@@ -33,6 +34,7 @@ import json
 import lzma
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pgolf
 from pgolf.config import Config, TrainConfig
@@ -40,6 +42,15 @@ from pgolf.errors import InputError, WorkError
 
 ENTRY = "pgolf.pipeline"
 EXCLUDE = ("pgolf.cli", "pgolf.*.commands")
+# Modules imported only lazily, where they are used: a recipe's bundle carries them only if its
+# config needs them. The record's script is run on pre-downloaded shards (--data), so the hub
+# downloader is never bundled (the pipeline then says to pass --data).
+OPTIONAL: dict[str, Callable[[Config], bool]] = {
+    "pgolf.eval.ttt_sgd": lambda c: c.eval.method in ("ttt-sgd", "phased"),
+    "pgolf.eval.ttt_lora": lambda c: c.eval.method in ("ttt-lora", "phased"),
+    "pgolf.eval.phased": lambda c: c.eval.method == "phased",
+    "pgolf.data.hub": lambda c: False,
+}
 COMPRESSIONS = ("none", "lzma", "brotli")
 PKG_ROOT = Path(pgolf.__file__).resolve().parent
 
@@ -49,6 +60,7 @@ class BundleInfo:
     modules: list[str]  # bundled module names, sorted
     packages: list[str]  # those that are packages (__init__.py)
     forced: list[str] = field(default_factory=list)  # excluded-by-rule modules a bundled module imports
+    skipped: list[str] = field(default_factory=list)  # OPTIONAL modules this config does not need
     third_party: list[str] = field(default_factory=list)  # top-level non-pgolf, non-stdlib imports
 
 
@@ -141,9 +153,9 @@ def _stdlib() -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _closure_cached(entry: str, fingerprint: tuple) -> BundleInfo:
+def _closure_cached(entry: str, fingerprint: tuple, skip: frozenset = frozenset()) -> BundleInfo:
     del fingerprint  # part of the cache key only
-    todo, seen, forced, missing = [entry], set(), set(), []
+    todo, seen, forced, missing = [entry], set(skip), set(), []
     third: set[str] = set()
     while todo:
         mod = todo.pop()
@@ -168,10 +180,11 @@ def _closure_cached(entry: str, fingerprint: tuple) -> BundleInfo:
                 todo.append(parent)
     if missing:
         raise WorkError(f"bundle: pgolf modules imported but not found under {PKG_ROOT}: {sorted(missing)}")
-    mods = sorted(seen)
+    mods = sorted(seen - skip)
     std = _stdlib()
-    return BundleInfo(mods, [m for m in mods if module_source(m)[1]], sorted(forced),
-                      sorted(t for t in third if t not in std and t != "__future__"))
+    return BundleInfo(mods, [m for m in mods if module_source(m)[1]], forced=sorted(forced),
+                      third_party=sorted(t for t in third if t not in std and t != "__future__"),
+                      skipped=sorted(skip))
 
 
 def _fingerprint() -> tuple:
@@ -185,8 +198,10 @@ def _fingerprint() -> tuple:
     return tuple(out)
 
 
-def module_closure(entry: str = ENTRY) -> BundleInfo:
-    return _closure_cached(entry, _fingerprint())
+def module_closure(entry: str = ENTRY, cfg: Config | None = None) -> BundleInfo:
+    """The modules `entry` needs; with a config, OPTIONAL modules it does not need are left out."""
+    skip = frozenset(m for m, needed in OPTIONAL.items() if cfg is not None and not needed(cfg))
+    return _closure_cached(entry, _fingerprint(), skip)
 
 
 def embedded_config(cfg: Config) -> dict:
@@ -268,7 +283,7 @@ def minify(source: str) -> str:
 
 def render(cfg: Config, entry: str = ENTRY, strip: bool = False) -> str:
     """The uncompressed train_gpt.py text (`entry` is swapped only by tests); `strip` minifies."""
-    info = module_closure(entry)
+    info = module_closure(entry, cfg)
     conf = json.dumps(embedded_config(cfg), sort_keys=True, separators=(",", ":"))
     deps = ", ".join(info.third_party)
     lines = [

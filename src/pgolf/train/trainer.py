@@ -24,9 +24,9 @@ from pgolf.data.loader import make_loader
 from pgolf.data.shards import list_shards, load_split
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
 from pgolf.errors import InputError, WorkError
+from pgolf.eval.api import eval_token_cap
 from pgolf.eval.plain import evaluate_plain
 from pgolf.model.gpt import GPT
-from pgolf.eval.api import eval_token_cap
 from pgolf.model.io import CONFIG_FILE, atomic_write_text, model_state, save_run_model, save_tensors
 from pgolf.optim.averaging import make_averager
 from pgolf.optim.groups import build_optimizers, describe_groups
