@@ -1,7 +1,9 @@
 # The two set-up commands of the README: `make run` (install + main job) and `make test` (install + tests).
 PYTHON ?= python3
 SHARED ?= ../shared/data
-RUN ?= runs/tiny
+# A fresh run dir each time: a finished run is never overwritten.
+RUN ?= runs/tiny-$(shell date +%Y%m%d-%H%M%S)
+BENCH_DATA ?= runs/bench-data
 
 .PHONY: install run test bench
 
@@ -20,5 +22,7 @@ run: install
 test: install
 	$(PYTHON) -m pytest -q tests
 
+# Training throughput of the tiny recipe on this machine (appends a row to docs/benchmarks.md).
 bench: install
-	$(PYTHON) benchmarks/bench_train.py --recipe tiny --data $(RUN)/data --steps 20
+	$(PYTHON) benchmarks/make_standin_shards.py --out $(BENCH_DATA) --docs 2000
+	$(PYTHON) benchmarks/bench_train.py --recipe tiny --data $(BENCH_DATA) --steps 20

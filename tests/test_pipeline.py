@@ -169,3 +169,25 @@ def test_auto_fit_reports_bpb_cost(micro_run: Path, tmp_path: Path):
     assert fit["actions"] and report["total_bytes"] < target
     assert isinstance(fit["bpb_cost"], float) and -0.01 < fit["bpb_cost"] < 0.5
 
+
+
+def test_torchrun_two_ranks_match_one_process(micro_data: Path, sp1024_model: Path, tmp_path: Path):
+    """The whole pipeline under torchrun (gloo): rank-0 pack between barriers, rank-split eval,
+    the audit on every rank. Two ranks do the same math as one process accumulating two micro-batches."""
+    sets = [s for s in MICRO if not s.startswith("quant.groups")] + [
+        "train.batch_tokens=4096", "train.max_steps=20", "train.warmdown_iters=5", "eval.audit_tokens=2048"]
+    common = ["run", "--recipe", "tiny", "--data", str(micro_data), "--tokenizer", str(sp1024_model),
+              "--no-progress", "--json"] + [x for s in sets for x in ("--set", s)]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pgolf", *common, "--out", str(tmp_path / "two")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert one["grad_accum"] == 2 and two["grad_accum"] == 1 and two["world_size"] == 2
+    assert two["val_bpb_prequant"] == pytest.approx(one["val_bpb_prequant"], abs=1e-5)
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=1e-5)
+    assert two["eval_tokens"] == one["eval_tokens"] and two["audit_passed"] is True
