@@ -137,3 +137,22 @@ def test_inductor_compiled_model_follows_set_recurrence_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     _check_compiled_recurrence(_recurrent_tiny(), "inductor", "cuda")
+
+
+def test_docs_param_column_matches_the_models():
+    """docs/recipes.md states each recipe's parameter count; it must be the built model's."""
+    import re
+    from pathlib import Path
+
+    from pgolf.config import load_config
+    from pgolf.model.gpt import GPT
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \|.*\| ([\d,]+) \|$", text, re.M)
+    assert {name for name, _ in rows} >= {"baseline", "tiny", "pr493", "pr1413", "lora-ttt-1xh100"}
+    import torch
+
+    for name, count in rows:
+        with torch.device("meta"):  # shapes only: no init compute for the full-size models
+            params = GPT(load_config(name).model).num_params()
+        assert params == int(count.replace(",", "")), name
