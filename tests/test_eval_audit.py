@@ -8,27 +8,21 @@ import pytest
 import torch
 
 import pgolf.model.embed as embed
-from pgolf.config import load_config
 from pgolf.eval.api import METHODS, eval_window
 from pgolf.eval.audit import audit, audit_model, check_score_before_update, check_single_pass
 from pgolf.eval.sliding import (ScoreLog, Scorer, Window, as_stream, evaluate_plan, score_plan, sliding_plan,
                                 split_plan)
 from pgolf.eval.ttt_sgd import make_sgd, train_range
 
-from eval_util import V, tables, tiny_model
+from eval_util import V, base_cfg, tables, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(*extra: str):
-    return load_config("tiny", [
-        f"model.vocab_size={V}", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
-        "model.num_kv_heads=1", "model.smear_gate=v1", "model.bigram_buckets=32", "model.bigram_dim=8",
-        "train.seq_len=32", "train.micro_batch_tokens=32", "train.batch_tokens=32", "eval.max_tokens=0",
-        "eval.stride=8", "eval.batch_seqs=4", "eval.ttt_chunk_tokens=96", "eval.ttt_epochs=1",
-        "eval.ttt_lr=0.05", "eval.ttt_batch_seqs=2", "eval.lora_chunk=8", "eval.lora_batch_docs=3",
-        "eval.doc_isolated=true", "eval.phased_points=[0.4]", *extra])
+    return base_cfg("eval.ttt_chunk_tokens=96", "eval.ttt_lr=0.05", "eval.doc_isolated=true",
+                    "eval.phased_points=[0.4]", *extra)
 
 
 

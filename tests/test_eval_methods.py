@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import ConfigError, load_config
+from pgolf.config import ConfigError
 from pgolf.eval.api import evaluate
 from pgolf.eval.docs import doc_spans, docs_plan
 from pgolf.eval.phased import phase_bounds
@@ -16,20 +16,14 @@ from pgolf.eval.plain import evaluate_plain
 from pgolf.eval.sliding import Window, plain_plan, plan_coverage, sliding_plan, split_plan
 from pgolf.eval.ttt_lora import attached_lora
 
-from eval_util import V, tables, tiny_model
+from eval_util import V, base_cfg, tables, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(*extra: str):
-    return load_config("tiny", [
-        f"model.vocab_size={V}", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
-        "model.num_kv_heads=1", "model.smear_gate=v1", "model.bigram_buckets=32", "model.bigram_dim=8",
-        "train.seq_len=32", "train.micro_batch_tokens=32", "train.batch_tokens=32", "eval.max_tokens=0",
-        "eval.stride=8", "eval.batch_seqs=4", "eval.ttt_chunk_tokens=64", "eval.ttt_epochs=1",
-        "eval.ttt_batch_seqs=2", "eval.lora_chunk=8", "eval.lora_batch_docs=3", "eval.lora_targets=q,v,o,mlp,lm_head",
-        *extra])
+    return base_cfg("eval.ttt_chunk_tokens=64", "eval.lora_targets=q,v,o,mlp,lm_head", *extra)
 
 
 

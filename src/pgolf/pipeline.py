@@ -126,7 +126,8 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
     from pgolf.data.shards import load_split
     from pgolf.data.tokenizer import byte_tables, load_tokenizer
     from pgolf.eval.api import eval_token_cap, evaluate
-    from pgolf.model.io import atomic_write_text, load_model
+    from pgolf.atomic import atomic_write_json, read_json_object
+    from pgolf.model.io import load_model
     from pgolf.quant.pack import pack_run
     from pgolf.train.trainer import train
 
@@ -168,7 +169,7 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
 
     audit = _audit(model, tokens, tables, acfg, device, out)
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else dict(summary)
+    summary = read_json_object(summary_path, missing=dict(summary))
     summary.update({
         "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
         "eval_method": result.get("method", cfg.eval.method), "eval_seconds": eval_seconds,
@@ -179,7 +180,7 @@ def run_pipeline(cfg: Config, data: list[str] | None, out_dir: str | os.PathLike
                       if summary.get("val_bpb_prequant") is not None else None),
     })
     if _is_rank0():
-        atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True))
+        atomic_write_json(summary_path, summary)
         _log(f"val_bpb {result['val_bpb']:.4f} (pre-quant {summary.get('val_bpb_prequant')}) on {subset_note}; "
              f"artifact {summary.get('artifact_bytes')} bytes")
     return summary

@@ -10,7 +10,6 @@ holds a complete build.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -25,7 +24,7 @@ import pgolf
 from pgolf.data.corpus import expand_paths, iter_documents
 from pgolf.data.shards import list_shards, write_shard
 from pgolf.data.tokenizer import BOS_ID, file_sha256, load_tokenizer
-from pgolf.atomic import atomic_write_json
+from pgolf.atomic import atomic_write_json, read_json_object
 from pgolf.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -208,16 +207,7 @@ def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLi
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:
     """The directory's manifest.json, or None if it has none."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return obj
+    return read_json_object(Path(directory) / MANIFEST)
 
 
 def manifest_tokenizer(directory: str | os.PathLike) -> Path | None:

@@ -6,7 +6,6 @@ rank scored it) that the audit reads. Methods never mutate the caller's model.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -216,15 +215,10 @@ AUDIT_FILE = "audit.json"
 def record_audit(run_dir: str | os.PathLike, report: dict) -> Path:
     """Merge one method's audit into RUN/audit.json: {"passed": all methods passed, "methods": {...}}.
     `pgolf submit` reads it for the compliance section."""
-    from pgolf.atomic import atomic_write_json
+    from pgolf.atomic import atomic_write_json, read_json_object
 
     path = Path(run_dir) / AUDIT_FILE
-    data = {"methods": {}}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{path}: invalid JSON") from None
+    data = read_json_object(path, missing={})
     data.setdefault("methods", {})[report["method"]] = report
     data["passed"] = all(r.get("passed") for r in data["methods"].values())
     atomic_write_json(path, data)
@@ -235,24 +229,17 @@ def record_summary(run_dir: str | os.PathLike, result: dict, source: str) -> Pat
     """Merge the evaluation into RUN/summary.json (atomic). An artifact's score is the headline
     val_bpb; a run dir's (pre-quantization) score goes to val_bpb_prequant, and to val_bpb only
     while no artifact score is recorded."""
-    from pgolf.model.io import atomic_write_text
+    from pgolf.atomic import atomic_write_json, read_json_object
 
     path = Path(run_dir) / SUMMARY_FILE
-    summary: dict = {}
-    if path.is_file():
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: invalid JSON ({e})") from None
-        if not isinstance(summary, dict):
-            raise InputError(f"{path}: expected a JSON object")
+    summary = read_json_object(path, missing={})
     if source == "run":
         summary["val_bpb_prequant"] = result["val_bpb"]
         summary["val_loss_prequant"] = result["val_loss"]
     if source == "artifact" or summary.get("eval_source") != "artifact":
         summary.update(val_loss=result["val_loss"], val_bpb=result["val_bpb"], eval_method=result["method"],
                        eval_seconds=result["seconds"], eval_tokens=result["tokens"], eval_source=source)
-    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(path, summary)
     return path
 
 

@@ -7,16 +7,16 @@ refused: nothing is left under the final name and the table says where the bytes
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from pgolf.atomic import update_json
 from pgolf.config import Config
 from pgolf.errors import InputError, WorkError
-from pgolf.model.io import (CONFIG_FILE, RECURRENCE_KEY, WEIGHTS_FILE, atomic_write_text, load_config_file,
-                            load_metadata, load_tensors, recurrence_flag)
+from pgolf.model.io import (CONFIG_FILE, RECURRENCE_KEY, WEIGHTS_FILE, load_config_file, load_metadata,
+                            load_tensors, recurrence_flag)
 
 ARTIFACT_FILE = "artifact.pgolf"
 HESSIAN_FILE = "hessians.safetensors"
@@ -85,7 +85,7 @@ def pack_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
         raise WorkError(f"artifact over budget: {report['total_bytes']:,} > {report['limit']:,} bytes "
                         f"(nothing written; set quant.auto_fit=true or lower bits)\n{format_budget_table(report)}")
     if update_summary:
-        _update_summary(run_dir, {"model_bytes": report["model_bytes"], "code_bytes": report["code_bytes"],
+        update_json(run_dir / "summary.json", {"model_bytes": report["model_bytes"], "code_bytes": report["code_bytes"],
                                   "artifact_bytes": report["total_bytes"], "artifact_sha256": report.get("sha256")})
     return report
 
@@ -108,10 +108,3 @@ def auto_fit_bpb_cost(cfg: Config, state: dict, fitted: dict, hessians: dict | N
     bpb = [evaluate_plain(build_from_state(cfg, dequantize_all(q), "auto-fit"), tokens, tables,
                           cfg.train.seq_len)["val_bpb"] for q in (plain, fitted)]
     return bpb[1] - bpb[0]
-
-
-def _update_summary(run_dir: Path, values: dict) -> None:
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(values)
-    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True))

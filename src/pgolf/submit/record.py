@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pgolf.atomic import read_json_object
 from pgolf.config import Config
 from pgolf.errors import InputError
 from pgolf.submit import stats
@@ -121,15 +122,8 @@ def _audit(runs: list[Run]) -> bool | None:
     """True if every run has a passing audit.json, False if any failed, None if none/some missing."""
     results = []
     for r in runs:
-        p = r.path / "audit.json"
-        if not p.is_file():
-            results.append(None)
-            continue
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{p}: invalid JSON") from None
-        results.append(bool(d.get("passed", d.get("ok", False))))
+        d = read_json_object(r.path / "audit.json")
+        results.append(None if d is None else bool(d.get("passed", d.get("ok", False))))
     if any(x is False for x in results):
         return False
     return True if results and all(x is True for x in results) else None

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgolf.atomic import atomic_path
+from pgolf.atomic import atomic_path, read_json_object
 from pgolf.errors import InputError
 
 SUMMARY_FILE = "summary.json"
@@ -34,13 +34,7 @@ class Run:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return d
+    return read_json_object(path)
 
 
 def read_metrics(path: Path) -> list[dict]:

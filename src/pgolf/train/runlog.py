@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgolf.atomic import atomic_path
+from pgolf.atomic import atomic_path, read_json_object
 from pgolf.model.io import atomic_write_text
 
 ENV_FILE = "env.json"
@@ -142,7 +142,7 @@ class RunLog:
         if not self.enabled:
             return
         path = self.dir / SUMMARY_FILE
-        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = read_json_object(path, missing={})
         merged = {k: None for k in SUMMARY_KEYS}
         merged.update(old)
         merged.update(summary)
