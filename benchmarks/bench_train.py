@@ -19,17 +19,18 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import numpy as np
+
+from pgolf import runtime
+from pgolf.atomic import atomic_write_text
 from pgolf.config import load_config
-from pgolf.model.io import atomic_write_text
-from pgolf.train import dist as D
-from pgolf.train.runlog import peak_memory_bytes
-from pgolf.train.trainer import Trainer
+from pgolf.data.shards import list_shards
+from pgolf.train.trainer import Trainer, TrainData, peak_memory_bytes
 
 H100_BF16_DENSE = 989e12
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -88,25 +89,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     cfg = load_config(args.recipe, args.overrides)
-    info = D.setup(cfg.train.device)
-    with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as tmp:
-        tr = Trainer(cfg, args.data, tmp, resume=False, progress=False, stop_after_steps=None, info=info)
-        try:
-            warm = args.warmup if args.warmup >= 0 else max(cfg.train.warmup_steps, 2)
-            for _ in range(warm):
-                tr.train_step()
-            tr._sync()
-            if tr.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(tr.device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                loss = tr.train_step()
-            tr._sync()
-            dt = time.perf_counter() - t0
-            final_loss = float(loss.item())
-        finally:
-            tr.loader.close()
-            D.cleanup(info)
+    info = runtime.setup(cfg.train.device)
+    train_paths = list_shards(Path(args.data), "train")
+    if not train_paths:
+        p.error(f"{args.data}: no fineweb_train_*.bin shards")
+    empty = np.zeros(0, dtype=np.int64)
+    data = TrainData(train_paths, empty, empty, empty, empty)  # timing only: no validation
+    tr = Trainer(cfg, data, None, info, progress=False)
+    try:
+        warm = args.warmup if args.warmup >= 0 else max(cfg.train.warmup_steps, 2)
+        for _ in range(warm):
+            tr.train_step()
+        runtime.synchronize(tr.device)
+        if tr.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(tr.device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss = tr.train_step()
+        runtime.synchronize(tr.device)
+        dt = time.perf_counter() - t0
+        final_loss = float(loss.item())
+    finally:
+        tr.loader.close()
+        runtime.cleanup(info)
     tokens = args.steps * cfg.train.batch_tokens
     fpt, parts = flops_per_token(tr.model, cfg.train.seq_len)
     tps = tokens / dt
@@ -115,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "recipe": cfg.name, "device": str(tr.device),
         "device_name": torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda"
         else f"CPU ({torch.get_num_threads()} threads)",
-        "world_size": info.world_size, "params": tr.model.num_params(), "steps": args.steps, "warmup_steps": warm,
+        "world_size": info.world, "params": tr.model.num_params(), "steps": args.steps, "warmup_steps": warm,
         "grad_accum": tr.accum, "dtype": str(tr.amp).replace("torch.", "") if tr.amp else "fp32",
         "compile": tr.fwd is not tr.model, "tokens_per_second": tps, "ms_per_step": dt / args.steps * 1000,
         "flops_per_token": fpt, **parts, "peak_flops": peak,
-        "mfu": fpt * tps / (peak * info.world_size) if peak else None,
+        "mfu": fpt * tps / (peak * info.world) if peak else None,
         "peak_memory_bytes": peak_memory_bytes(tr.device), "final_loss": final_loss, "note": args.note,
     }
     print(json.dumps(row, sort_keys=True))

@@ -83,35 +83,37 @@ def test_rebuild_removes_stale_shards(tmp_path, val_docs, sp1024_model):
     assert [s["name"] for s in m["splits"]["train"]["shards"]] == after
 
 
-def _no_partial_files(out):
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
-    assert leftovers == []
-    for p in out.glob("fineweb_*.bin"):
-        read_header(p)  # every file under a final name is a complete shard
+def _snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else None
 
 
-def test_interrupted_build_leaves_no_manifest_or_partial_file(tmp_path, val_docs, sp1024_model, monkeypatch):
+def _no_temp_dirs(parent):
+    assert [p.name for p in parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_interrupted_build_keeps_the_previous_build(tmp_path, val_docs, sp1024_model, monkeypatch):
     out = tmp_path / "out"
     build_shards([val_docs], sp1024_model, out, val_docs=50, shard_tokens=200_000, workers=1)
-    assert (out / "manifest.json").is_file()  # an older complete build, to be invalidated
+    before = _snapshot(out)
+    assert "manifest.json" in before
 
     real_write, calls = build_mod.write_shard, []
 
     def failing_write(path, tokens):
         calls.append(path)
         if len(calls) > 1:
-            raise RuntimeError("disk full (simulated)")
+            raise RuntimeError("power cut (simulated)")
         real_write(path, tokens)
 
     monkeypatch.setattr(build_mod, "write_shard", failing_write)
     with pytest.raises(RuntimeError, match="simulated"):
         main(["data", "build", str(val_docs), "--tokenizer", str(sp1024_model), "--out", str(out),
               "--val-docs", "50", "--shard-tokens", "100000", "--workers", "1"])
-    assert not (out / "manifest.json").exists()
-    _no_partial_files(out)
+    assert _snapshot(out) == before  # the old build, whole and unmixed
+    _no_temp_dirs(tmp_path)
 
 
-def test_crash_inside_shard_write_leaves_no_temp_file(tmp_path, val_docs, sp1024_model, monkeypatch):
+def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, val_docs, sp1024_model, monkeypatch, capsys):
     out = tmp_path / "out"
     real_fsync, calls = os.fsync, []
 
@@ -122,29 +124,41 @@ def test_crash_inside_shard_write_leaves_no_temp_file(tmp_path, val_docs, sp1024
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="simulated"):
-        build_shards([val_docs], sp1024_model, out, val_docs=0, shard_tokens=300_000, workers=1)
-    assert [p.name for p in out.glob("fineweb_*.bin")] == ["fineweb_train_000000.bin"]
-    assert not (out / "manifest.json").exists()
-    _no_partial_files(out)
+    rc = main(["data", "build", str(val_docs), "--tokenizer", str(sp1024_model), "--out", str(out),
+               "--val-docs", "0", "--shard-tokens", "300000", "--workers", "1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "fineweb_train_000001.bin: cannot write (No space left on device (simulated))" in err
+    assert not out.exists()
+    _no_temp_dirs(tmp_path)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_bad_document_midway_exits_2_without_manifest(tmp_path, val_docs, sp1024_model, capsys, monkeypatch,
-                                                      workers):
+def test_bad_document_midway_exits_2_and_keeps_the_previous_build(tmp_path, val_docs, sp1024_model, capsys,
+                                                                  monkeypatch, workers):
     monkeypatch.setattr(build_mod, "BATCH_DOCS", 16)  # so shards are written before the bad doc is read
     lines = val_docs.read_bytes().splitlines(keepends=True)[:300]
     lines[250] = b'{"text": "broken \xff byte"}\n'
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(b"".join(lines))
     out = tmp_path / "out"
+    build_shards([val_docs], sp1024_model, out, val_docs=5, shard_tokens=500_000, workers=1)
+    before = _snapshot(out)
     rc = main(["data", "build", str(corpus), "--tokenizer", str(sp1024_model), "--out", str(out),
                "--val-docs", "10", "--shard-tokens", "50000", "--workers", workers])
     assert rc == 2
     assert f"{corpus}:251: invalid UTF-8" in capsys.readouterr().err
-    assert not (out / "manifest.json").exists()
-    assert list(out.glob("fineweb_train_*.bin"))  # complete shards before the bad doc may remain
-    _no_partial_files(out)
+    assert _snapshot(out) == before
+    _no_temp_dirs(tmp_path)
+
+
+def test_build_refuses_a_directory_with_other_files(tmp_path, val_docs, sp1024_model, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    rc = main(["data", "build", str(val_docs), "--tokenizer", str(sp1024_model), "--out", str(out)])
+    assert rc == 2 and "holds files that are not shards (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_build_is_deterministic_including_manifest(tmp_path, val_docs, sp1024_model):

@@ -75,8 +75,34 @@ def test_missing_unsupported_and_unmatched(tmp_path):
     with pytest.raises(InputError, match="unsupported corpus file"):
         expand_paths([tmp_path / "x.csv"])
     (tmp_path / "t.jsonl.zst").write_bytes(b"not zstd at all")
-    with pytest.raises(InputError, match="t.jsonl.zst: cannot decompress"):
+    with pytest.raises(InputError, match="t.jsonl.zst: corrupt compressed data"):
         list(iter_documents([tmp_path / "t.jsonl.zst"]))
+
+
+@pytest.mark.parametrize("suffix", [".txt.zst", ".jsonl.zst", ".txt.gz", ".jsonl.xz"])
+def test_truncated_compressed_corpus_is_named_truncated(tmp_path, suffix, capsys, sp1024_model):
+    docs = [f"document {i} " + "word " * (i % 50) for i in range(4000)]
+    text = "".join((json.dumps({"text": d}) if "jsonl" in suffix else d) + "\n" for d in docs).encode()
+    compress = {".zst": lambda b: zstandard.ZstdCompressor(level=3).compress(b), ".gz": gzip.compress,
+                ".xz": lzma.compress}[suffix[suffix.rindex("."):]]
+    blob = compress(text)
+    path = tmp_path / f"corpus{suffix}"
+    path.write_bytes(blob[: len(blob) * 6 // 10])  # cut at 60%
+    with pytest.raises(InputError) as e:
+        list(iter_documents([path]))
+    assert str(path) in str(e.value) and "truncated" in str(e.value)
+    rc = main(["data", "build", str(path), "--tokenizer", str(sp1024_model), "--out", str(tmp_path / "o"),
+               "--workers", "1"])
+    assert rc == 2 and "truncated" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    path.write_bytes(blob)  # the whole file reads in full
+    assert len(list(iter_documents([path]))) == 4000
+
+
+def test_concatenated_zstd_frames_read_in_full(tmp_path):
+    c = zstandard.ZstdCompressor()
+    path = tmp_path / "two.txt.zst"
+    path.write_bytes(c.compress(b"first doc\nsecond doc\n") + c.compress(b"third doc\n"))
+    assert list(iter_documents([path])) == ["first doc", "second doc", "third doc"]
 
 
 @pytest.mark.parametrize("name,data,needle", [

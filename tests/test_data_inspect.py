@@ -13,7 +13,8 @@ import sentencepiece as spm
 from pgolf.cli import main
 from pgolf.data.corpus import iter_documents
 from pgolf.data.inspect import inspect_dir
-from pgolf.data.shards import HEADER_BYTES, read_shard, write_shard
+from pgolf.data.build import build_shards
+from pgolf.data.shards import HEADER_BYTES, read_header, read_shard, write_shard
 from pgolf.data.tokenizer import SPACE, byte_tables, load_tokenizer
 
 VAL_BYTES = 2_504_310
@@ -40,7 +41,7 @@ def test_lut_bytes_equal_utf8_bytes_of_decoded_docs_and_inspect(shared_dir, val_
     assert byte_tables(sp).stream_bytes(tokens) == VAL_BYTES
     r = _inspect_json(capsys, shard_dir, "--tokenizer", model)
     val = r["splits"]["val"]
-    assert val == {"shards": 1, "tokens": len(tokens), "docs": 901, "bytes": VAL_BYTES,
+    assert val == {"shards": 1, "tokens": len(tokens), "docs": 901, "bytes": VAL_BYTES, "bytes_source": "tokenizer",
                    "bytes_per_token": pytest.approx(VAL_BYTES / len(tokens)), "max_token_id": int(tokens.max())}
     assert r["splits"]["train"]["shards"] == 0 and r["dir"] == str(shard_dir)
 
@@ -189,8 +190,45 @@ def test_missing_tokenizer_and_empty_dir_exit_2(tmp_path, shared_dir, capsys):
     assert main(["data", "inspect", str(tmp_path / "nodir")]) == 2
     assert "data directory not found" in capsys.readouterr().err
     # A manifest naming a tokenizer that has gone away.
-    d, _ = _val_copy(shared_dir, tmp_path)
-    (d / "manifest.json").write_text(json.dumps({"tokenizer": {"path": str(tmp_path / "gone.model")}}))
+    d, shard = _val_copy(shared_dir, tmp_path)
+    (d / "manifest.json").write_text(json.dumps({"tokenizer": {"path": str(tmp_path / "gone.model")}, "splits": {
+        "val": {"shards": [{"name": shard.name, "tokens": read_header(shard)}]}}}))
     assert main(["data", "inspect", str(d)]) == 2
     err = capsys.readouterr().err
     assert "gone.model" in err and "--tokenizer" in err
+
+
+def test_another_tokenizer_than_the_manifests_is_refused(tmp_path, val_docs, sp1024_model, sp8192_model, capsys):
+    out = tmp_path / "built"
+    assert main(["data", "build", str(val_docs), "--tokenizer", str(sp1024_model), "--out", str(out),
+                 "--val-docs", "901", "--workers", "1"]) == 0
+    capsys.readouterr()
+    # Same directory, another model (here the sp8192 one, whose ids also cover the shards): exit 2 naming both.
+    assert main(["data", "inspect", str(out), "--tokenizer", str(sp8192_model)]) == 2
+    err = capsys.readouterr().err
+    assert str(sp8192_model) in err and "manifest.json" in err and "sha256" in err
+    assert main(["data", "inspect", str(out), "--tokenizer", str(sp1024_model)]) == 0
+
+
+def test_caseops_sidecar_gives_the_original_bytes(shared_dir, capsys):
+    d = shared_dir / "fineweb" / "sp8192_caseops"
+    model = shared_dir / "tokenizers" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+    val = _inspect_json(capsys, d, "--tokenizer", model)["splits"]["val"]
+    assert val["bytes"] == VAL_BYTES and val["bytes_source"] == "sidecar" and val["tokens"] == 808_617
+    # The tokenizer's own tables would count the transformed text, not the original bytes.
+    tokens = np.asarray(read_shard(d / "fineweb_val_000000.bin"), dtype=np.int64)
+    assert byte_tables(load_tokenizer(model)).stream_bytes(tokens) != VAL_BYTES
+
+
+def test_mixed_or_incomplete_shard_dirs_are_refused(tmp_path, shared_dir, sp1024_model, val_docs, capsys):
+    out = tmp_path / "built"
+    build_shards([val_docs], sp1024_model, out, val_docs=100, shard_tokens=200_000, workers=1)
+    stray = out / "fineweb_train_000099.bin"
+    write_shard(stray, np.arange(10))
+    assert main(["data", "inspect", str(out)]) == 2
+    assert "fineweb_train_000099.bin is not listed in manifest.json" in capsys.readouterr().err
+    stray.unlink()
+    (out / "manifest.json").unlink()
+    (out / "fineweb_train_000001.bin").unlink()  # a gap, and no manifest to check against
+    assert main(["data", "inspect", str(out), "--tokenizer", str(sp1024_model)]) == 2
+    assert "not numbered 0.." in capsys.readouterr().err

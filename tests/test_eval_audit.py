@@ -1,190 +1,161 @@
-"""The legality audit: passes for every real method, catches each planted violation."""
+"""The black-box legality audit: every real method passes; every cheat of tests/audit_cheats.py, written
+outside pgolf against the public harness, fails, through the API and through `pgolf audit`."""
 from __future__ import annotations
 
-import copy
+import json
 
 import numpy as np
 import pytest
-import torch
 
-import pgolf.model.embed as embed
-from pgolf.eval.api import METHODS, eval_window
-from pgolf.eval.audit import audit, audit_model, check_score_before_update, check_single_pass
-from pgolf.eval.sliding import (ScoreLog, Scorer, Window, as_stream, evaluate_plan, score_plan, sliding_plan,
-                                split_plan)
-from pgolf.eval.ttt_sgd import make_sgd, train_range
+from pgolf.eval import methods
+from pgolf.eval.audit import MIN_SUBSTREAM, audit
+from pgolf.eval.context import Method
+from pgolf.eval.methods import METHODS
 
-from eval_util import V, base_cfg, tables, tiny_model
-
+from audit_cheats import CHEATS, LONG
+from eval_util import V, base_cfg, run_eval, tables, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+N = 12_000  # longer than LONG (8,192), shorter than MIN_SUBSTREAM: the audited sub-stream is the whole stream
 
 
-def tiny_cfg(*extra: str):
-    return base_cfg("eval.ttt_chunk_tokens=96", "eval.ttt_lr=0.05", "eval.doc_isolated=true",
-                    "eval.phased_points=[0.4]", *extra)
+def cfg_for(*extra: str):
+    return base_cfg("eval.ttt_chunk_tokens=2048", "eval.ttt_lr=0.05", "eval.phased_points=[0.4]",
+                    "eval.lora_batch_docs=32", "eval.batch_seqs=128", "eval.ttt_batch_seqs=32", "eval.stride=16",
+                    *extra)
 
 
-
-
-def stream(n: int = 240, seed: int = 0) -> np.ndarray:
+def stream(n: int = N, seed: int = 0, doc_len: int = 160) -> np.ndarray:
     rng = np.random.default_rng(seed)
     toks = rng.integers(4, V, n)
-    toks[[0, 30, 75, 130, 190]] = 1
+    starts = np.unique(np.concatenate(([0], rng.integers(1, n - 2, n // doc_len))))
+    toks[starts] = 1
     return toks
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(cfg_for(), scale=0.3)  # peaked distributions, so cheating pays, as it would in earnest
+
+
+def run_audit(model, method, cfg=None, **kw):
+    cfg = cfg or cfg_for()
+    toks = stream()
+    return audit(model, toks, tables().target_bytes(toks), cfg, "cpu", method, **kw)
 
 
 def failed(report: dict) -> set[str]:
     return {k for k, c in report["checks"].items() if c["passed"] is False}
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_audit_passes_for_every_real_method(method):
-    cfg = tiny_cfg()
-    report = audit_model(tiny_model(cfg), stream(), tables(), cfg, method, points=2, probes=4)
-    assert report["passed"], report
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_real_method_passes(model, name):
+    report = run_audit(model, name)
+    assert report["passed"], {k: c["details"] for k, c in report["checks"].items() if not c["passed"]}
     checks = report["checks"]
-    assert checks["causality"]["passed"] and checks["normalization"]["passed"]
-    assert checks["doc_isolation"]["passed"] is True  # every method here runs doc-isolated
-    if method.startswith("ttt") or method == "phased":
-        assert checks["score_before_update"]["updates"] > 0
+    assert checks["causality"]["checked"] >= 4 and checks["target_independence"]["checked"] >= 4
+    assert checks["normalization"]["passed"] and checks["single_pass"]["passed"] and checks["finite"]["passed"]
+    assert report["order"] == METHODS[name].order(cfg_for())
 
 
-def test_audit_skips_doc_isolation_for_a_method_that_does_not_claim_it():
-    cfg = tiny_cfg("eval.doc_isolated=false")
-    report = audit_model(tiny_model(cfg), stream(), tables(), cfg, "sliding", points=1, probes=2)
-    assert report["passed"] and report["checks"]["doc_isolation"]["passed"] is None
+def test_doc_isolated_plain_passes_the_isolation_probes(model):
+    report = run_audit(model, "plain", cfg_for("eval.doc_isolated=true", "eval.seq_len=512"))
+    assert report["passed"] and report["order"] == "documents"
 
 
-# -- planted violations -----------------------------------------------------------------------------
-
-def _chunked(model, cfg, toks, log, body) -> dict:
-    """A TTT skeleton over chunks of the sliding plan; `body(m, opt, scorer, c, plan, lo, hi)` runs a chunk."""
-    stream_t = as_stream(toks, "cpu")
-    scorer = Scorer(stream_t, tables(), log)
-    n, chunk = len(toks) - 1, cfg.eval.ttt_chunk_tokens
-    plans = split_plan(sliding_plan(n, eval_window(cfg), cfg.eval.stride), chunk, n)
-    m = copy.deepcopy(model)
-    opt = make_sgd(m, cfg.eval)
-    for c, plan in enumerate(plans):
-        body(m, opt, scorer, c, plan, c * chunk, min((c + 1) * chunk, n), stream_t)
-    return scorer.result()
-
-
-def test_audit_catches_ttt_that_trains_before_scoring():
-    cfg = tiny_cfg("eval.ttt_lr=0.5")
-    model = tiny_model(cfg)
-
-    def body(m, opt, scorer, c, plan, lo, hi, st):
-        train_range(m, opt, st, lo, hi, 32, cfg.eval, cfg.eval.ttt_lr, log=scorer.log)  # illegal order
-        score_plan(m, scorer, plan, 4)
-
-    report = audit(lambda t, log: _chunked(model, cfg, t, log, body), stream(), V, points=2, probes=2)
-    assert not report["passed"]
-    assert {"score_before_update", "causality"} <= failed(report)
+EXPECTED = {
+    "boost_true_logit": {"target_independence"},
+    "clip_nll": {"normalization"},
+    "unnormalized": {"normalization"},
+    "nan_somewhere": {"finite"},
+    "best_of_two_windows": {"target_independence"},
+    "only_on_long_streams": {"target_independence"},
+    "except_at_fixed_points": {"target_independence"},
+    "peeks_at_next_token": {"causality"},
+    "trains_then_scores": {"causality"},
+    "scores_twice": {"single_pass"},
+    "caches_two_documents_back": {"causality"},
+}
 
 
-def test_audit_catches_ttt_that_reports_only_its_last_epoch():
-    cfg = tiny_cfg("eval.ttt_lr=0.5")
-    model = tiny_model(cfg)
-
-    def run(toks, log):
-        final = Scorer(as_stream(toks, "cpu"), tables(), log)
-
-        def body(m, opt, scorer, c, plan, lo, hi, st):
-            score_plan(m, scorer, plan, 4)  # the legal first pass...
-            train_range(m, opt, st, lo, hi, 32, cfg.eval, cfg.eval.ttt_lr, log=scorer.log)
-            score_plan(m, final, plan, 4)  # ...but the re-score after training is what is reported
-
-        _chunked(model, cfg, toks, log, body)
-        return final.result()
-
-    report = audit(run, stream(), V, points=2, probes=2)
-    assert {"single_pass", "score_before_update"} <= failed(report)
+@pytest.mark.parametrize("name", list(CHEATS))
+def test_every_cheat_fails(model, name):
+    for seed in (None, 7):  # a fresh seed, and a fixed one
+        report = run_audit(model, CHEATS[name], seed=seed)
+        assert not report["passed"], name
+        assert EXPECTED[name] <= failed(report), (name, failed(report))
 
 
-@pytest.mark.parametrize("bug", ["double", "drop_tail"])
-def test_audit_catches_a_sliding_eval_that_double_scores_or_drops_the_tail(bug):
-    cfg = tiny_cfg()
-    model, tb = tiny_model(cfg), tables()
-
-    def buggy_plan(n):
-        plan = sliding_plan(n, 32, 8)
-        if bug == "double":  # every later window scores stride + 1 targets
-            return [plan[0]] + [Window(w.start, w.length, w.score_from - 1) for w in plan[1:]]
-        return plan[:-1]  # the classic early bug: the tail window is lost
-
-    def run(toks, log):
-        return evaluate_plan(model, toks, tb, buggy_plan(len(toks) - 1), 4, log=log)
-
-    report = audit(run, stream(), V, points=1, probes=2, plan=buggy_plan(239))
-    assert "single_pass" in failed(report)
-    assert "targets" in report["checks"]["single_pass"]["details"]
+def test_a_cheat_looks_better_than_honest(model):
+    """The cheats are worth catching: pgolf eval would report them lower than the honest method."""
+    cfg, toks = cfg_for(), stream()
+    honest = run_eval(model, toks, cfg, "sliding")["val_bpb"]
+    for name in ("boost_true_logit", "best_of_two_windows", "only_on_long_streams", "trains_then_scores"):
+        assert run_eval(model, toks, cfg, CHEATS[name])["val_bpb"] < honest - 0.01, name
 
 
-def test_audit_catches_a_smeargate_leaking_across_bos(monkeypatch):
-    cfg = tiny_cfg()
-    model, tb = tiny_model(cfg), tables()
+def test_nothing_differs_between_eval_and_audit(model):
+    """The method sees the same kind of harness in both: a recording method proves it."""
+    seen = []
 
-    def leaky_mask(idx, bos_id):  # forgets the BOS cut: the previous doc's last token leaks in
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[:, 0] = False
-        return keep
+    def spy(ctx):
+        seen.append((type(ctx.scorer).__name__, ctx.scorer._keep.numel() > 0, sorted(vars(ctx).keys())))
+        return METHODS["sliding"].run(ctx)
 
-    monkeypatch.setattr(embed, "previous_token_mask", leaky_mask)
-    report = audit_model(model, stream(), tb, cfg, "sliding", points=1, probes=2)
-    # still causal and normalized, but documents are no longer isolated
-    assert failed(report) == {"doc_isolation"}
-
-
-def test_audit_catches_a_cache_keyed_on_the_target():
-    cfg = tiny_cfg()
-    model, tb = tiny_model(cfg), tables()
-
-    class CachedScorer(Scorer):
-        def add(self, logits, pos, states=None):  # boosts whatever the true next token is
-            boost = torch.nn.functional.one_hot(self.stream[pos + 1], logits.size(-1)).float() * 3.0
-            return super().add(logits + boost, pos, states)
-
-    def run(toks, log):
-        scorer = CachedScorer(as_stream(toks, "cpu"), tb, log)
-        score_plan(model, scorer, sliding_plan(len(toks) - 1, 32, 8), 4)
-        return scorer.result()
-
-    report = audit(run, stream(), V, points=2, probes=4)
-    assert "normalization" in failed(report)
-    assert "changes with the target" in report["checks"]["normalization"]["details"]
+    m = Method("spy", spy, METHODS["sliding"].order, "records what it receives")
+    cfg, toks = cfg_for(), stream()
+    run_eval(model, toks, cfg, m)
+    n_eval = len(seen)
+    audit(model, toks, tables().target_bytes(toks), cfg, "cpu", m)
+    assert n_eval == 1 and len(seen) > 2 and all(s == seen[0] for s in seen)
 
 
-def test_audit_catches_an_unnormalized_score():
-    cfg = tiny_cfg()
-    model, tb = tiny_model(cfg), tables()
-
-    def run(toks, log):  # reports NLLs half as large as the distribution it recorded implies
-        scorer = Scorer(as_stream(toks, "cpu"), tb, log)
-        score_plan(model, scorer, sliding_plan(len(toks) - 1, 32, 8), 4)
-        out = scorer.result()
-        out["nll"] = out["nll"] * 0.5
-        out["val_loss"] *= 0.5
-        return out
-
-    report = audit(run, stream(), V, points=1, probes=4)
-    assert "normalization" in failed(report)
+def test_seed_replays_and_is_recorded(model):
+    a = run_audit(model, "sliding", seed=12345)
+    b = run_audit(model, "sliding", seed=12345)
+    assert a["seed"] == b["seed"] == 12345 and a["substreams"] == b["substreams"]
+    c = run_audit(model, "sliding")
+    assert isinstance(c["seed"], int) and c["seed"] != 12345
 
 
-def test_log_replay_rules_directly():
-    log = ScoreLog()
-    log.score(np.arange(0, 10))
-    log.update(np.arange(0, 10))
-    log.score(np.arange(10, 20))
-    assert check_score_before_update(log, 20)["passed"]
-    log.score(np.array([5]))  # re-scored after an update that used it
-    assert not check_score_before_update(log, 20)["passed"]
-    per_doc = ScoreLog()
-    per_doc.score(np.arange(0, 4), "doc:0")
-    per_doc.update(np.arange(0, 4), "doc:0")
-    per_doc.score(np.arange(10, 14), "doc:10")  # another document's state never saw doc 0's update
-    per_doc.score(np.arange(4, 8), "doc:0")
-    assert check_score_before_update(per_doc, 20)["passed"]
-    result = {"nll": torch.ones(20), "val_loss": 1.0, "tokens": 20}
-    assert not check_single_pass(log, result, 20)["passed"]  # target 5 twice
+def test_cost_is_bounded_by_the_budget(model):
+    cfg = cfg_for()
+    toks = stream(4 * MIN_SUBSTREAM)
+    report = audit(model, toks, tables().target_bytes(toks), cfg, "cpu", "plain", budget=0.1)
+    assert report["audit_tokens"] <= max(0.1 * len(toks), 5 * MIN_SUBSTREAM)
+    assert len(report["substreams"]) == 1 and report["substreams"][0][1] - report["substreams"][0][0] == MIN_SUBSTREAM
+    thorough = audit(model, toks, tables().target_bytes(toks), cfg, "cpu", "plain", thorough=True)
+    assert thorough["substreams"] == [[0, len(toks)]]
+
+
+def test_cli_audit_fails_a_cheat_and_eval_reports_its_score(model, tmp_path, monkeypatch, capsys, shared_dir):
+    """Through the CLI: a cheat registered under a method name gets PASS nowhere, exit 1."""
+    from pgolf.cli import main
+
+    from train_util import tiny_config
+
+    run = _packed_micro_run(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setitem(METHODS, "sliding", Method("sliding", CHEATS["boost_true_logit"].run,
+                                                   METHODS["sliding"].order, "a cheat in disguise"))
+    assert main(["audit", str(run / "artifact.pgolf"), "--method", "sliding", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["passed"] and "target_independence" in failed(out)
+    assert json.loads((run / "audit.json").read_text())["passed"] is False
+    monkeypatch.undo()
+    assert main(["audit", str(run / "artifact.pgolf"), "--method", "sliding", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+
+
+def _packed_micro_run(tmp_path):
+    from pgolf.cli import main
+
+    from train_util import make_real_data, tiny_overrides
+
+    data = make_real_data(tmp_path, val_tokens=20_000)
+    run = tmp_path / "run"
+    args = ["run", "--recipe", "tiny", "--data", str(data), "--out", str(run), "--no-progress", "--json"]
+    for o in tiny_overrides(**{"eval.max_tokens": 12_000, "train.max_steps": 4}):
+        args += ["--set", o]
+    assert main(args) == 0
+    return run

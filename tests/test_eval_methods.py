@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from pgolf.config import ConfigError
-from pgolf.eval.api import evaluate
-from pgolf.eval.docs import doc_spans, docs_plan
+from pgolf.errors import WorkError
+from pgolf.eval.methods import CPU_EVAL_TOKENS, eval_token_cap
 from pgolf.eval.phased import phase_bounds
-from pgolf.eval.plain import evaluate_plain
-from pgolf.eval.sliding import Window, plain_plan, plan_coverage, sliding_plan, split_plan
+from pgolf.eval.plans import Window, doc_spans, docs_plan, plain_plan, plan_coverage, sliding_plan, split_plan
 from pgolf.eval.ttt_lora import attached_lora
 
-from eval_util import V, base_cfg, tables, tiny_model
+from conftest import exit_child
+from eval_util import V, base_cfg, reference_plain, run_eval, tables, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,8 +95,8 @@ def test_phase_bounds_cut_at_target_fractions():
 def test_plain_method_matches_evaluate_plain():
     cfg = tiny_cfg()
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    ref = evaluate_plain(m, toks, tb, 32, batch_seqs=4)
-    out = evaluate(m, toks, tb, cfg, method="plain")
+    ref = reference_plain(m, toks, 32)
+    out = run_eval(m, toks, cfg, "plain")
     close(out, ref)
     assert out["method"] == "plain" and out["seconds"] >= 0 and not torch.isnan(out["nll"]).any()
     # the per-target scores are the reported totals
@@ -108,20 +108,20 @@ def test_plain_method_matches_evaluate_plain():
 def test_sliding_with_window_covering_the_stream_equals_plain():
     cfg = tiny_cfg("eval.seq_len=512", "eval.stride=16")
     m, toks, tb = tiny_model(cfg), stream(200), tables()
-    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate(m, toks, tb, cfg, method="plain"))
-    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate_plain(m, toks, tb, 512))
+    close(run_eval(m, toks, cfg, "sliding"), run_eval(m, toks, cfg, "plain"))
+    close(run_eval(m, toks, cfg, "sliding"), reference_plain(m, toks, 512))
 
 
 def test_sliding_with_stride_equal_window_equals_plain():
     cfg = tiny_cfg("eval.stride=32")
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    close(evaluate(m, toks, tb, cfg, method="sliding"), evaluate_plain(m, toks, tb, 32))
+    close(run_eval(m, toks, cfg, "sliding"), reference_plain(m, toks, 32))
 
 
 def test_sliding_scores_with_more_context_than_plain():
     cfg = tiny_cfg()
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    plain, slide = evaluate(m, toks, tb, cfg, method="plain"), evaluate(m, toks, tb, cfg, method="sliding")
+    plain, slide = run_eval(m, toks, cfg, "plain"), run_eval(m, toks, cfg, "sliding")
     # the first window is shared; later targets see different context, so some scores differ
     assert torch.allclose(plain["nll"][:32], slide["nll"][:32], atol=1e-5)
     assert not torch.allclose(plain["nll"], slide["nll"], atol=1e-4)
@@ -136,9 +136,9 @@ def test_doc_isolated_two_documents_equal_each_alone(method):
     rng = np.random.default_rng(3)
     a = np.concatenate(([1], rng.integers(4, V, 40)))
     b = np.concatenate(([1], rng.integers(4, V, 70)))
-    both = evaluate(m, np.concatenate((a, b)), tb, cfg, method=method)["nll"].double()
-    alone_a = evaluate(m, a, tb, cfg, method=method)["nll"].double()
-    alone_b = evaluate(m, b, tb, cfg, method=method)["nll"].double()
+    both = run_eval(m, np.concatenate((a, b)), cfg, method)["nll"].double()
+    alone_a = run_eval(m, a, cfg, method)["nll"].double()
+    alone_b = run_eval(m, b, cfg, method)["nll"].double()
     assert torch.allclose(both[: len(a) - 1], alone_a, atol=2e-5)
     assert torch.allclose(both[len(a):], alone_b, atol=2e-5)
     bos_nll = both[len(a) - 1]  # doc a predicting b's BOS: the only extra term
@@ -148,15 +148,15 @@ def test_doc_isolated_two_documents_equal_each_alone(method):
 def test_docs_method_equals_doc_isolated_plain():
     cfg = tiny_cfg("eval.doc_isolated=true", "eval.seq_len=512")
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    close(evaluate(m, toks, tb, cfg, method="docs"), evaluate(m, toks, tb, cfg, method="plain"))
+    close(run_eval(m, toks, cfg, "docs"), run_eval(m, toks, cfg, "plain"))
 
 
 def test_ttt_sgd_with_zero_lr_equals_sliding():
     cfg = tiny_cfg("eval.ttt_lr=0", "eval.ttt_epochs=2")
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    out = evaluate(m, toks, tb, cfg, method="ttt-sgd")
+    out = run_eval(m, toks, cfg, "ttt-sgd")
     assert out["chunks"] == math.ceil(299 / 64)
-    close(out, evaluate(m, toks, tb, cfg, method="sliding"))
+    close(out, run_eval(m, toks, cfg, "sliding"))
 
 
 def docs_stream(lengths: list[int], seed: int = 0) -> np.ndarray:
@@ -171,15 +171,15 @@ def test_ttt_lora_with_zero_lr_equals_docs():
     m, tb = tiny_model(cfg), tables()
     toks = docs_stream([80, 16, 120, 48, 57])
     assert [hi - lo for lo, hi in doc_spans(toks)] == [80, 16, 120, 48, 56]  # long documents slide too
-    close(evaluate(m, toks, tb, cfg, method="ttt-lora"), evaluate(m, toks, tb, cfg, method="docs"))
+    close(run_eval(m, toks, cfg, "ttt-lora"), run_eval(m, toks, cfg, "docs"))
 
 
 def test_phased_with_zero_lr_equals_docs():
     cfg = tiny_cfg("eval.lora_lr=0", "eval.ttt_lr=0", "eval.phased_points=[0.2,0.7]")
     m, toks, tb = tiny_model(cfg), docs_stream([80, 16, 120, 48, 57]), tables()
-    out = evaluate(m, toks, tb, cfg, method="phased")
+    out = run_eval(m, toks, cfg, "phased")
     assert out["phases"] == 3
-    close(out, evaluate(m, toks, tb, cfg, method="docs"))
+    close(out, run_eval(m, toks, cfg, "docs"))
 
 
 # -- TTT actually adapts, and never touches the caller's model -------------------------------------
@@ -203,11 +203,11 @@ def test_ttt_learns_a_repeated_stream_and_leaves_the_model_alone(method, extra):
     m, tb = tiny_model(cfg), tables()
     toks = repeated_stream(480, 48)
     before = copy.deepcopy(m.state_dict())
-    base = evaluate(m, toks, tb, cfg, method="docs")
-    ttt = evaluate(m, toks, tb, cfg, method=method)
+    base = run_eval(m, toks, cfg, "docs")
+    ttt = run_eval(m, toks, cfg, method)
     assert ttt["val_loss"] < base["val_loss"] - 0.05
     if method == "phased":  # the global SGD between phases changed the scores of later documents
-        lora = evaluate(m, toks, tb, cfg, method="ttt-lora")
+        lora = run_eval(m, toks, cfg, "ttt-lora")
         assert ttt["phases"] == 2 and abs(lora["val_loss"] - ttt["val_loss"]) > 1e-3
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -234,33 +234,37 @@ def test_lora_adapters_start_as_identity_and_are_removed():
 # -- budget and config checks ----------------------------------------------------------------------
 
 def test_time_limit_warns_or_fails():
-    from pgolf.cli import WorkError
-
     cfg = tiny_cfg("eval.time_limit=1e-9")
     m, toks, tb = tiny_model(cfg), stream(100), tables()
-    out = evaluate(m, toks, tb, cfg, method="plain")
+    out = run_eval(m, toks, cfg, "plain")
     assert "eval.time_limit" in out["warning"]
     cfg = tiny_cfg("eval.time_limit=1e-9", "eval.enforce_time_limit=true")
     with pytest.raises(WorkError, match="time_limit"):
-        evaluate(m, toks, tb, cfg, method="plain")
-    assert "warning" not in evaluate(m, toks, tb, tiny_cfg(), method="plain")
+        run_eval(m, toks, cfg, "plain")
+    assert "warning" not in run_eval(m, toks, tiny_cfg(), "plain")
 
 
-def test_max_tokens_cuts_the_stream():
-    cfg = tiny_cfg("eval.max_tokens=101")
-    out = evaluate(tiny_model(cfg), stream(), tables(), cfg, method="sliding")
-    assert out["tokens"] == 100 and out["max_tokens"] == 101
+def test_eval_token_cap_cpu_default_and_explicit():
+    cpu = torch.device("cpu")
+    assert eval_token_cap(tiny_cfg("eval.max_tokens=0"), cpu)[0] == CPU_EVAL_TOKENS
+    cap, note = eval_token_cap(tiny_cfg("eval.max_tokens=101"), cpu)
+    assert cap == 101 and "first 101" in note
+    assert eval_token_cap(tiny_cfg("eval.max_tokens=0"), torch.device("meta"))[0] == 0  # GPU: the full split
 
 
-@pytest.mark.parametrize("override,field", [
-    ("eval.stride=64", "eval.stride"), ("eval.lora_targets=q,zz", "eval.lora_targets"),
-    ("eval.lora_chunk=64", "eval.lora_chunk"), ("eval.phased_points=[1.5]", "eval.phased_points"),
-])
-def test_bad_eval_config_names_the_field(override, field):
-    cfg = tiny_cfg(override)
-    method = {"eval.stride": "sliding", "eval.phased_points": "phased"}.get(field, "ttt-lora")
+@pytest.mark.parametrize("override,field", [("eval.lora_targets=q,zz", "eval.lora_targets"),
+                                            ("eval.phased_points=[1.5]", "eval.phased_points")])
+def test_bad_eval_config_names_the_field_at_load(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        evaluate(tiny_model(cfg), stream(50), tables(), cfg, method=method)
+        tiny_cfg(override)
+
+
+@pytest.mark.parametrize("override,field,method", [("eval.stride=64", "eval.stride", "sliding"),
+                                                   ("eval.lora_chunk=64", "eval.lora_chunk", "ttt-lora")])
+def test_bad_method_settings_name_the_field(override, field, method):
+    cfg = tiny_cfg(override)  # valid on its own; the method finds it too large for the window
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        run_eval(tiny_model(cfg), stream(50), cfg, method)
 
 
 # -- distributed: ranks split the work, reductions are exact ---------------------------------------
@@ -281,13 +285,14 @@ def _dist_worker(rank: int, world: int, init: str, out_dir: str) -> None:
         m, toks, tb = tiny_model(cfg), stream(), tables()
         res = {}
         for method in DIST_METHODS:
-            r = evaluate(m, toks, tb, cfg, method=method, rank=rank, world=world)
+            r = run_eval(m, toks, cfg, method)
             res[method] = {k: r[k] for k in ("val_loss", "tokens", "bytes")}
         if rank == 0:
             with open(f"{out_dir}/dist.json", "w") as f:
                 json.dump(res, f)
     finally:
         dist.destroy_process_group()
+    exit_child()
 
 
 def test_two_ranks_match_one(tmp_path):
@@ -300,7 +305,7 @@ def test_two_ranks_match_one(tmp_path):
     cfg = tiny_cfg(*DIST_EXTRA)
     m, toks, tb = tiny_model(cfg), stream(), tables()
     for method in DIST_METHODS:
-        ref = evaluate(m, toks, tb, cfg, method=method)
+        ref = run_eval(m, toks, cfg, method)
         assert got[method]["tokens"] == ref["tokens"] and got[method]["bytes"] == ref["bytes"], method
         assert abs(got[method]["val_loss"] - ref["val_loss"]) < 1e-4, method
 
@@ -312,9 +317,9 @@ def test_cuda_matches_cpu(method):
     # fp32 on both sides (train.dtype=fp32 turns bf16 autocast off) so the scores must agree closely
     cfg = tiny_cfg("train.dtype=fp32", *DIST_EXTRA)
     m, toks, tb = tiny_model(cfg), stream(), tables()
-    cpu = evaluate(m, toks, tb, cfg, method=method)
-    gpu = evaluate(copy.deepcopy(m), toks, tb, cfg, device="cuda", method=method)
+    cpu = run_eval(m, toks, cfg, method)
+    gpu = run_eval(copy.deepcopy(m), toks, cfg, method, device="cuda")
     assert gpu["tokens"] == cpu["tokens"] and gpu["bytes"] == cpu["bytes"]
     assert abs(gpu["val_loss"] - cpu["val_loss"]) < 1e-3
-    bf16 = evaluate(copy.deepcopy(m), toks, tb, tiny_cfg(*DIST_EXTRA), device="cuda", method=method)
+    bf16 = run_eval(copy.deepcopy(m), toks, tiny_cfg(*DIST_EXTRA), method, device="cuda")
     assert abs(bf16["val_loss"] - cpu["val_loss"]) < 0.05

@@ -2,8 +2,10 @@
 import torch
 
 from pgolf.config import QuantConfig, QuantGroup
-from pgolf.quant import (budget_json, budget_totals, format_budget_table, pack_model, quantize_state_dict,
-                         read_artifact, read_artifact_quantized, serialize_artifact)
+import json
+
+from pgolf.quant.budget import budget_totals, format_budget_table, pack_state, quantize_state_dict
+from pgolf.quant.container import parse_artifact, serialize_artifact
 from pgolf.quant.lqer import apply_lqer
 from pgolf.quant.prune import prune_ones
 from pgolf.quant.quantizers import QuantizedTensor
@@ -43,7 +45,7 @@ def test_lqer_reduces_error_and_roundtrips(tmp_path):
         assert q[n].lowrank[0].q.shape == (sd[n].shape[0], 4) and q[n].lowrank[1].q.shape == (4, sd[n].shape[1])
     p = tmp_path / "a.pgolf"
     p.write_bytes(serialize_artifact(q, {}, {}, "zstd"))
-    sd2, _, _ = read_artifact(p)
+    sd2 = {k: v.dequantize() for k, v in parse_artifact(p.read_bytes()).tensors.items()}
     for n in worst:
         assert torch.equal(sd2[n], q[n].dequantize())
     # via the config
@@ -92,12 +94,12 @@ def test_budget_arithmetic_boundary():
     assert r["total_bytes"] == 16_000_000 and not r["fits"]
 
 
-def test_pack_model_byte_table(tmp_path):
+def test_pack_state_byte_table():
     sd = _state()
     cfg = _cfg(codec="brotli", byte_shuffle=True)
-    out = tmp_path / "model.pgolf"
-    rep = pack_model(sd, {"model_dim": 64}, cfg, out, code_bytes=12_345, meta={"run": "t"})
-    assert rep["model_bytes"] == out.stat().st_size
+    packed = pack_state(sd, {"model_dim": 64}, cfg, code_bytes=12_345, meta={"run": "t"})
+    rep = packed.report
+    assert rep["model_bytes"] == len(packed.blob) and rep["artifact_bytes"] == rep["total_bytes"]
     assert rep["total_bytes"] == rep["model_bytes"] + 12_345 and rep["fits"]
     assert rep["codec"] == "brotli" and len(rep["sha256"]) == 64
     groups = {g["group"]: g for g in rep["groups"]}
@@ -108,29 +110,29 @@ def test_pack_model_byte_table(tmp_path):
     # per-group estimates plus framing are close to the real file
     est = sum(g["compressed_bytes"] for g in rep["groups"]) + rep["header_bytes"]
     assert abs(est - rep["model_bytes"]) < 0.1 * rep["model_bytes"]
-    sd2, mc, meta = read_artifact(out)
-    assert mc == {"model_dim": 64} and meta["run"] == "t" and "quant_config" in meta
-    for n, v in rep["quantized"].items():
-        assert torch.equal(sd2[n], v.dequantize())
+    art = parse_artifact(packed.blob)
+    assert art.config == {"model_dim": 64} and art.meta == {"run": "t"}
+    for n, v in packed.quantized.items():
+        assert torch.equal(art.tensors[n].dequantize(), v.dequantize())
     assert "OVER" not in format_budget_table(rep) and "12,345" in format_budget_table(rep)
-    import json
-    json.dumps(budget_json(rep))
+    json.dumps(rep)  # the report is JSON as it is
     # over the limit is reported, not raised
-    rep2 = pack_model(sd, {}, cfg, tmp_path / "m2.pgolf", code_bytes=16_000_000, meta={})
+    rep2 = pack_state(sd, {}, cfg, code_bytes=16_000_000, meta={}).report
     assert not rep2["fits"] and "OVER" in format_budget_table(rep2)
 
 
-def test_pack_model_auto_fit(tmp_path):
+def test_pack_state_auto_fit():
     sd = _state()
     cfg = _cfg(codec="zlib")
-    base = pack_model(sd, {}, cfg, tmp_path / "a.pgolf", 0, {})
+    base = pack_state(sd, {}, cfg, 0, {}).report
     target = base["model_bytes"] - 3000
     fit_cfg = _cfg(codec="zlib", auto_fit=True, target_bytes=target + 1)
-    rep = pack_model(sd, {}, fit_cfg, tmp_path / "b.pgolf", 0, {})
+    packed = pack_state(sd, {}, fit_cfg, 0, {})
+    rep = packed.report
     assert rep["model_bytes"] <= target and rep["fits_target"]
     assert rep["auto_fit"]["actions"] and (rep["auto_fit"]["clip_mult"] > 1 or rep["auto_fit"]["pruned"] > 0)
-    art = read_artifact_quantized(tmp_path / "b.pgolf")
-    for n, v in rep["quantized"].items():
+    art = parse_artifact(packed.blob)
+    for n, v in packed.quantized.items():
         assert torch.equal(art.tensors[n].dequantize(), v.dequantize())
 
 

@@ -6,8 +6,11 @@ import pytest
 
 from pgolf.cli import main as cli_main
 from pgolf.config import load_config
+from pgolf.atomic import read_jsonl
+from pgolf.pipeline.reports import SWEEP_FILE, collect_dir
+from pgolf.pipeline.rundir import load_run
 from pgolf.submit import sweep
-from pgolf.submit.report import compare_runs, load_run, read_metrics
+from pgolf.submit.report import compare_runs
 
 
 def make_run(d, seed, bpb, recipe="tiny", steps=100, train_s=50.0, prequant=None, metrics=True):
@@ -40,20 +43,25 @@ def test_compare_table_and_png(tmp_path, capsys):
     assert r1["quant_gap"] == pytest.approx(0.01)
     assert r0["artifact_bytes"] == 1_000_001
     assert "1.25000" in out["table"] and "1.20000" in out["table"] and "ms/step" in out["table"]
-    assert cli_main(["compare", str(a), str(b)]) == 0  # human output: the table
-    assert "prequant" in capsys.readouterr().out
+    assert (r0["label"], r1["label"]) == (load_run(a).label, load_run(b).label)
+    assert out["differing_fields"] == ["train.seed"] and r1["config"] == {"train.seed": 2}
+    assert cli_main(["compare", str(a), str(b)]) == 0  # human output: the table with a run and a seed column
+    text = capsys.readouterr().out
+    header = text.splitlines()[0].split()
+    assert header[:3] == ["run", "recipe", "seed"] and header[-1] == "train.seed"
+    assert "prequant" in text and " a " in f" {text.splitlines()[1]} "
 
 
 def test_metrics_reader_and_bad_runs(tmp_path, capsys):
     a = make_run(tmp_path / "a", 1, 1.25)
-    assert len(read_metrics(a / "metrics.jsonl")) == 12  # torn last line skipped
+    assert len(read_jsonl(a / "metrics.jsonl")) == 12  # torn last line skipped
     assert len(load_run(a).metrics) == 12
     (tmp_path / "empty").mkdir()
     assert cli_main(["compare", str(tmp_path / "empty")]) == 2
     assert "summary.json not found" in capsys.readouterr().err
     (a / "metrics.jsonl").write_text("{bad\n{\"step\": 1}\n")
     with pytest.raises(Exception, match="invalid JSON line"):
-        compare_runs([str(a)])
+        compare_runs([load_run(a)])
 
 
 def test_emit_torchrun(tmp_path, capsys):
@@ -90,7 +98,7 @@ def test_sweep_collects_existing_runs(tmp_path, capsys):
     assert cli_main(["sweep", "--recipe", "tiny", "--toggle", "model.num_layers=2", "--seeds", "1,2,3",
                      "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    on_disk = json.loads((out / sweep.SWEEP_FILE).read_text())
+    on_disk = json.loads((out / SWEEP_FILE).read_text())
     assert on_disk["base"]["val_bpb_mean"] == pytest.approx(res["base"]["val_bpb_mean"])
     assert len(res["reused"]) == 6 and res["failed"] == []
     assert res["base"]["val_bpb_mean"] == pytest.approx(1.30)
@@ -99,5 +107,5 @@ def test_sweep_collects_existing_runs(tmp_path, capsys):
     w = res["toggle_vs_base"]
     assert w["delta_bpb"] == pytest.approx(-0.09) and w["significant"] is True
     assert res["tokens_per_byte"] == pytest.approx(1000 / 2400)
-    # collect() without specs globs the same layout
-    assert sweep.collect(out)["toggle_vs_base"]["t_statistic"] == pytest.approx(w["t_statistic"])
+    specs = sweep.plan_sweep([1, 2, 3], out, [], ["model.num_layers=2"])
+    assert collect_dir(out, specs)["toggle_vs_base"]["t_statistic"] == pytest.approx(w["t_statistic"])

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.model.io import load_tensors
-from pgolf.train.checkpoint import (CKPT_DIR, STATE_FILE, capture_rng, find_checkpoint, flatten_state,
-                                    restore_rng, unflatten_state)
-from pgolf.train.runlog import read_metrics
-from pgolf.train.trainer import TrainingInterrupted, train
-from train_util import make_real_data, tiny_config, tiny_overrides  # noqa: F401
+from pgolf.errors import InputError
+from pgolf.model.weights import load_tensors
+from pgolf.pipeline.job import train_run as train
+from pgolf.pipeline.rundir import CHECKPOINT as CKPT_DIR
+from pgolf.train.checkpoint import STATE_FILE, capture_rng, find_checkpoint, flatten_state, restore_rng, unflatten_state
+from pgolf.train.checkpoint import TrainingInterrupted
+from train_util import make_real_data, read_metrics, tiny_config, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +73,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert straight["recurrence_on"] and straight["qat_on"] and straight["averaging"] == "ema"
 
     with pytest.raises(TrainingInterrupted) as e:
-        train(tiny_config(**RESUME_EXTRA), data, tmp_path / "b", progress=False, stop_after_steps=5)
+        train(tiny_config(**RESUME_EXTRA), data, tmp_path / "b", progress=False, stop_after=5)
     assert e.value.step == 5
     state = json.loads((tmp_path / "b" / CKPT_DIR / STATE_FILE).read_text())
     loop = state["loop"]
@@ -101,8 +102,6 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 
 def test_resume_without_checkpoint_is_input_error(tmp_path):
-    from pgolf.errors import InputError
-
     data = make_real_data(tmp_path)
     with pytest.raises(InputError, match="no checkpoint"):
         train(tiny_config(), data, tmp_path / "none", resume=True, progress=False)
@@ -129,7 +128,7 @@ def test_sigterm_leaves_valid_checkpoint(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err  # interrupted work: exit 1 with a message
     assert "--resume" in err
-    ck = find_checkpoint(run)
+    ck = find_checkpoint(run / CKPT_DIR)
     assert ck is not None
     state = json.loads((ck / STATE_FILE).read_text())
     step = state["loop"]["step"]

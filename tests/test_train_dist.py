@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from pgolf.train.runlog import read_metrics
-from pgolf.train.trainer import train
-from train_util import make_real_data, tiny_config, tiny_overrides  # noqa: F401
+from pgolf.pipeline.job import train_run as train
+from train_util import make_real_data, read_metrics, tiny_config, tiny_overrides  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

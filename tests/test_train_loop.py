@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from pgolf.model.io import load_tensors
-from pgolf.train import dist as D
-from pgolf.train.runlog import SUMMARY_KEYS, read_metrics
-from pgolf.train.trainer import Trainer, grad_accum_steps, train
-from train_util import make_fixed_batch_data, make_real_data, tiny_config  # noqa: F401
+from pgolf.model.weights import load_tensors
+from pgolf.pipeline.job import train_run as train
+from pgolf.pipeline.rundir import SUMMARY_KEYS
+from pgolf.train.trainer import grad_accum_steps
+from train_util import make_fixed_batch_data, make_real_data, read_metrics, tiny_config, trainer_for  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +57,7 @@ def test_loss_drops_on_real_text_and_outputs(tmp_path):
     assert summary["params"] == sum(t.numel() for t in load_tensors(run / "model.safetensors").values())
     assert summary["recipe"] == "tiny" and summary["seed"] == cfg.train.seed
     assert s["grad_accum"] == 2
-    for name in ("config.json", "env.json", "train.log", "loss.png", "checkpoint/state.json"):
+    for name in ("config.json", "resolved.json", "env.json", "train.log", "checkpoint/state.json"):
         assert (run / name).is_file(), name
     env = json.loads((run / "env.json").read_text())
     assert env["world_size"] == 1 and env["torch"] == torch.__version__
@@ -83,7 +83,7 @@ def test_grad_accum_must_divide():
     try:
         grad_accum_steps(cfg, 2)
     except Exception as e:
-        assert "train.batch_tokens" in str(e) and "world_size (2)" in str(e)
+        assert "train.batch_tokens" in str(e) and "world size (2)" in str(e)
     else:
         raise AssertionError("expected a ConfigError")
 
@@ -91,8 +91,7 @@ def test_grad_accum_must_divide():
 def test_warmup_restores_state(tmp_path):
     data = make_real_data(tmp_path)
     cfg = tiny_config(**{"train.warmup_steps": 3, "data.loader": "shuffled", "data.prefetch": 2})
-    info = D.setup("cpu")
-    tr = Trainer(cfg, data, tmp_path / "run", False, False, None, info)
+    tr = trainer_for(cfg, data)
     try:
         before = {k: v.clone() for k, v in tr.model.state_dict().items()}
         loader_before = tr.loader.state_dict()
@@ -106,7 +105,7 @@ def test_warmup_restores_state(tmp_path):
     finally:
         tr.loader.close()
     # the batch after warm-up is the first batch a fresh loader hands out
-    tr2 = Trainer(cfg, data, tmp_path / "run2", False, False, None, info)
+    tr2 = trainer_for(cfg, data)
     try:
         assert torch.equal(tr2.loader.next_batch()[0], first_batch_x)
     finally:
@@ -123,6 +122,32 @@ def test_warmup_does_not_change_result(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("from_init", [True, False])
+def test_ema_starts_from_the_initial_weights(tmp_path, from_init):
+    d = 0.5
+    cfg = tiny_config(**{"train.max_steps": 2, "train.val_every": 0, "optim.ema_decay": d,
+                         "optim.ema_from_init": from_init})
+    tr = trainer_for(cfg, make_real_data(tmp_path))
+    seen = [{n: p.detach().clone() for n, p in tr.model.named_parameters()}]
+    step = tr.train_step
+
+    def recording_step():
+        loss = step()
+        seen.append({n: p.detach().clone() for n, p in tr.model.named_parameters()})
+        return loss
+
+    tr.train_step = recording_step
+    try:
+        tr.loop()
+    finally:
+        tr.loader.close()
+    assert len(seen) == 3
+    for n, got in tr.averager.averaged().items():
+        w0, w1, w2 = (s[n] for s in seen)
+        start = w0 * d + (1 - d) * w1 if from_init else w1  # upstream: ema = init, then ema = d*ema + (1-d)*w
+        torch.testing.assert_close(got, start * d + (1 - d) * w2, rtol=0, atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -144,8 +169,8 @@ def test_gptq_calibration_saves_hessians(tmp_path):
     from pgolf.quant.gptq import hessian_targets
 
     data = make_real_data(tmp_path)
-    cfg = tiny_config(**{"train.max_steps": 3, "quant.gptq_batches": 4, "quant.small_tensor_numel": 0})
-    cfg.quant.groups[0].gptq = True
+    cfg = tiny_config(**{"train.max_steps": 3, "quant.gptq_batches": 4, "quant.small_tensor_numel": 0,
+                         "quant.groups": '[{pattern="*", bits=8, gptq=true}]'})
     s = train(cfg, data, tmp_path / "run", progress=False)
     hs = load_tensors(tmp_path / "run" / "hessians.safetensors")
     assert set(hs) == set(hessian_targets(GPT(cfg.model), cfg.quant).values()) and len(hs) > 0

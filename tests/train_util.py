@@ -33,7 +33,7 @@ def tiny_overrides(**extra) -> list[str]:
     base.update(extra)
     out = []
     for k, v in base.items():
-        if isinstance(v, str):
+        if isinstance(v, str) and not v.startswith("["):
             v = f'"{v}"'
         elif isinstance(v, bool):
             v = str(v).lower()
@@ -66,3 +66,23 @@ def make_fixed_batch_data(root: Path, span: int, seed: int = 0) -> Path:
     toks = np.asarray(read_shard(VAL_SHARD), dtype=np.int64)
     write_shard(d / "fineweb_val_000000.bin", toks[:4096])
     return d
+
+
+def read_metrics(run: Path) -> list[dict]:
+    from pgolf.atomic import read_jsonl
+
+    return read_jsonl(Path(run) / "metrics.jsonl")
+
+
+def trainer_for(cfg: Config, data_dir: Path):
+    """A Trainer on a shard dir, as `pgolf train` builds one (no outputs written)."""
+    from pgolf import runtime
+    from pgolf.data.tokenizer import byte_tables, load_tokenizer
+    from pgolf.data.shards import list_shards
+    from pgolf.pipeline.job import train_data
+    from pgolf.train.trainer import Trainer
+
+    proc = runtime.setup("cpu")
+    data, _, _ = train_data(cfg, Path(data_dir), byte_tables(load_tokenizer(TOKENIZER)), proc.device,
+                            list_shards(data_dir, "train"))
+    return Trainer(cfg, data, None, proc, progress=False)

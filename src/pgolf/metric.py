@@ -1,56 +1,47 @@
-"""val_bpb: one float64 accumulator shared by every evaluation path.
+"""val_bpb: one accumulator shared by every evaluation path.
 
-val_bpb = (sum of token NLL in nats / ln 2) / (sum of bytes), over every scored target.
+val_bpb = (sum of token NLL in nats / ln 2) / (sum of bytes), over every scored target. The sums stay
+on the device (float64 NLL, int64 counts) until `result()`, so scoring a batch never waits for the
+GPU; `result()` reduces over ranks exactly and reads the numbers once.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from pgolf import runtime
 
-@dataclass
+
 class BpbAccumulator:
-    nll_sum: float = 0.0  # nats
-    token_count: int = 0
-    byte_count: int = 0
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.nll = torch.zeros((), dtype=torch.float64, device=self.device)  # nats
+        self.counts = torch.zeros(2, dtype=torch.int64, device=self.device)  # targets, bytes
 
-    def add(self, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
-        """Add per-token NLLs (nats) and their byte counts (same shape)."""
+    def add(self, nll: torch.Tensor, nbytes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Add per-target NLLs (nats) and their byte counts (same shape), optionally only where
+        `valid`; no host sync."""
         if nll.shape != nbytes.shape:
             raise ValueError(f"nll shape {tuple(nll.shape)} != bytes shape {tuple(nbytes.shape)}")
-        self.nll_sum += float(nll.detach().double().sum().item())
-        self.token_count += int(nll.numel())
-        self.byte_count += int(nbytes.sum().item())
-
-    def merge(self, other: "BpbAccumulator") -> None:
-        self.nll_sum += other.nll_sum
-        self.token_count += other.token_count
-        self.byte_count += other.byte_count
-
-    def all_reduce(self, device: torch.device | str = "cpu") -> "BpbAccumulator":
-        """Sum over ranks (no-op without an initialized process group). Exact: float64 + int64."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        nll = torch.tensor([self.nll_sum], dtype=torch.float64, device=device)
-        counts = torch.tensor([self.token_count, self.byte_count], dtype=torch.int64, device=device)
-        dist.all_reduce(nll)
-        dist.all_reduce(counts)
-        return BpbAccumulator(float(nll.item()), int(counts[0].item()), int(counts[1].item()))
-
-    @property
-    def val_loss(self) -> float:
-        return self.nll_sum / max(self.token_count, 1)
-
-    @property
-    def val_bpb(self) -> float:
-        if self.byte_count <= 0:
-            raise ValueError("no bytes scored: val_bpb undefined")
-        return self.nll_sum / math.log(2) / self.byte_count
+        nll = nll.detach().to(torch.float64)
+        nbytes = nbytes.to(torch.int64)
+        if valid is None:
+            self.counts[0] += nll.numel()
+        else:
+            nll = torch.where(valid, nll, torch.zeros_like(nll))
+            nbytes = torch.where(valid, nbytes, torch.zeros_like(nbytes))
+            self.counts[0] += valid.sum()
+        self.nll += nll.sum()
+        self.counts[1] += nbytes.sum()
 
     def result(self) -> dict:
-        return {"val_loss": self.val_loss, "val_bpb": self.val_bpb,
-                "tokens": self.token_count, "bytes": self.byte_count}
+        """{val_loss, val_bpb, tokens (targets scored), bytes} summed over every rank."""
+        nll = runtime.all_reduce_sum(self.nll.clone())
+        counts = runtime.all_reduce_sum(self.counts.clone())
+        targets, nbytes = (int(v) for v in counts.tolist())
+        total = float(nll)
+        if nbytes <= 0:
+            raise ValueError("no bytes scored: val_bpb undefined")
+        return {"val_loss": total / max(targets, 1), "val_bpb": total / math.log(2) / nbytes,
+                "tokens": targets, "bytes": nbytes}

@@ -5,8 +5,8 @@ shards of exactly `shard_tokens` tokens (documents may span shards, the last sha
 Streaming: documents are read, tokenized and written in bounded batches, never the whole corpus.
 Tokenization runs in a process pool with a bounded window of batches in flight, results consumed
 in submission order, so the output is byte-identical for any worker count.
-The manifest is written last (and any old one removed first): a directory with a manifest.json
-holds a complete build.
+The build goes into a temporary directory beside DIR that replaces DIR only when complete, with the
+manifest written last: an interrupted build leaves the previous DIR as it was.
 """
 from __future__ import annotations
 
@@ -19,24 +19,20 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 import pgolf
+from pgolf.atomic import atomic_dir
 from pgolf.data.corpus import expand_paths, iter_documents
-from pgolf.data.shards import list_shards, write_shard
+from pgolf.data.manifest import MANIFEST, tokenizer_record, write_manifest
+from pgolf.data.shards import shard_name, write_shard
 from pgolf.data.tokenizer import BOS_ID, file_sha256, load_tokenizer
-from pgolf.atomic import atomic_write_json, read_json_object
 from pgolf.errors import InputError
+from pgolf.logs import progress_enabled
 
-MANIFEST = "manifest.json"
 BATCH_DOCS = 512  # documents per tokenization task
 BATCH_CHARS = 4 << 20  # ...or fewer when they are long, to bound memory per task
-
-
-write_json_atomic = atomic_write_json  # the manifest writer (sorted keys: deterministic bytes)
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"fineweb_{split}_{index:06d}.bin"
+_OURS = ("fineweb_", MANIFEST)  # what a shard directory holds; anything else in DIR is the user's
 
 
 # --- tokenization (runs in worker processes) ---------------------------------------------------
@@ -147,11 +143,22 @@ def _encoded(batches: Iterator[tuple[str, list[str]]], model_path: str, workers:
             yield s, n, res.get()
 
 
+def _check_out(out: Path) -> None:
+    """DIR must be absent, empty or an earlier shard directory: a build replaces it whole."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(_OURS))
+        if foreign:
+            raise InputError(f"--out {out}: holds files that are not shards ({', '.join(foreign[:3])}); "
+                             "a build replaces the directory whole, so choose an empty or new one")
+
+
 def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLike,
                  out_dir: str | os.PathLike, val_docs: int = 50_000,
                  shard_tokens: int = 100_000_000, workers: int | None = None,
                  progress: bool = False) -> dict:
-    """Tokenize a corpus into challenge shards under out_dir; returns the manifest (also written)."""
+    """Tokenize a corpus into challenge shards in out_dir; returns the manifest (also written)."""
     if val_docs < 0:
         raise InputError(f"--val-docs must be >= 0, got {val_docs}")
     if shard_tokens < 1:
@@ -166,55 +173,29 @@ def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLi
     if sp.vocab_size() > 65536:
         raise InputError(f"{tok_path}: vocab size {sp.vocab_size()} does not fit uint16 shards")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new build completes, DIR holds no valid build
-
-    writers = {s: _SplitWriter(out, s, shard_tokens) for s in ("val", "train")}
-    from tqdm import tqdm
-
-    bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=None if progress else True)
-    batches = _batches(iter_documents(paths), val_docs)
-    encoded = _encoded(batches, str(tok_path), workers, sp)
-    try:
-        for split, n_docs, toks in encoded:
-            writers[split].add(toks, n_docs)
-            bar.update(n_docs)
-    finally:  # on failure: stop the worker pool and close the corpus files now, not at garbage collection
-        encoded.close()
-        batches.close()
-        bar.close()
-    for w in writers.values():
-        w.flush()
-
-    written = {s["name"] for w in writers.values() for s in w.shards}
-    stale = [p for split in ("val", "train") for p in list_shards(out, split) if p.name not in written]
-    for p in stale:  # left over from an earlier, larger build in the same directory
-        p.unlink()
-
-    manifest = {
-        "format": "pgolf-shards",
-        "pgolf_version": pgolf.__version__,
-        "tokenizer": {"path": str(tok_path.resolve()), "sha256": file_sha256(tok_path),
-                      "vocab_size": int(sp.vocab_size())},
-        "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
-        "settings": {"val_docs": val_docs, "shard_tokens": shard_tokens, "bos_id": BOS_ID,
-                     "doc_format": "[BOS] + sp.encode(text)"},
-        "splits": {s: w.summary() for s, w in writers.items()},
-    }
-    write_json_atomic(out / MANIFEST, manifest)
+    _check_out(out)
+    with atomic_dir(out) as tmp:
+        writers = {s: _SplitWriter(tmp, s, shard_tokens) for s in ("val", "train")}
+        bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=None if progress and progress_enabled() else True)
+        batches = _batches(iter_documents(paths), val_docs)
+        encoded = _encoded(batches, str(tok_path), workers, sp)
+        try:
+            for split, n_docs, toks in encoded:
+                writers[split].add(toks, n_docs)
+                bar.update(n_docs)
+        finally:  # on failure: stop the worker pool and close the corpus files now, not at garbage collection
+            encoded.close()
+            batches.close()
+            bar.close()
+        for w in writers.values():
+            w.flush()
+        manifest = {
+            "pgolf_version": pgolf.__version__,
+            "tokenizer": tokenizer_record(tok_path, sp.vocab_size()),
+            "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
+            "settings": {"val_docs": val_docs, "shard_tokens": shard_tokens, "bos_id": BOS_ID,
+                         "doc_format": "[BOS] + sp.encode(text)"},
+            "splits": {s: w.summary() for s, w in writers.items()},
+        }
+        write_manifest(tmp, manifest)
     return manifest
-
-
-def read_manifest(directory: str | os.PathLike) -> dict | None:
-    """The directory's manifest.json, or None if it has none."""
-    return read_json_object(Path(directory) / MANIFEST)
-
-
-def manifest_tokenizer(directory: str | os.PathLike) -> Path | None:
-    """The tokenizer named by DIR/manifest.json (a relative path is relative to DIR), if any."""
-    manifest = read_manifest(directory)
-    path = ((manifest or {}).get("tokenizer") or {}).get("path")
-    if not path:
-        return None
-    p = Path(path)
-    return p if p.is_absolute() else Path(directory) / p

@@ -6,7 +6,8 @@ Rules (kept deliberately simple and well defined):
 - blank lines and empty documents are skipped;
 - files (or glob patterns) are read in the order given, each glob's matches sorted.
 Bad input raises InputError naming the file and line: a missing file, a glob that matches nothing,
-invalid UTF-8, a NUL byte, a jsonl line that is not an object with a string "text", or no documents at all.
+invalid UTF-8, a NUL byte, a jsonl line that is not an object with a string "text", no documents at all,
+or a compressed file that is corrupt or ends early ("truncated": checked before its last line is used).
 """
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import io
 import json
 import lzma
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
+
+import zstandard
 
 from pgolf.errors import InputError
 
@@ -60,18 +64,51 @@ def corpus_kind(path: Path) -> tuple[str, str]:
     raise InputError(f"{path}: unsupported corpus file (expected .txt or .jsonl, optionally .zst/.xz/.gz)")
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses concatenated zstd frames and raises at the end of the input when a frame is
+    unfinished (the stdlib-like readers of zstandard stop silently there)."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "rb")
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._pending, self._pos = b"", 0
+        self._fed = False  # the current frame has consumed input
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._pending):
+            self._pending, self._pos = b"", 0
+            chunk = self._f.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._d.eof:
+                    raise EOFError("compressed stream is truncated (zstd frame unfinished)")
+                return 0
+            while chunk:
+                if self._d.eof:  # the previous frame ended: the rest starts a new one
+                    self._d = zstandard.ZstdDecompressor().decompressobj()
+                    self._fed = False
+                self._pending += self._d.decompress(chunk)
+                self._fed = True
+                chunk = self._d.unused_data if self._d.eof else b""
+        n = min(len(b), len(self._pending) - self._pos)
+        b[:n] = self._pending[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def _open_binary(path: Path, comp: str) -> BinaryIO:
     if comp == ".gz":
         return gzip.open(path, "rb")
     if comp == ".xz":
         return lzma.open(path, "rb")
     if comp == ".zst":
-        import zstandard
-
-        raw = open(path, "rb")
-        # read_across_frames: files made by concatenating zstd streams decode in full.
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
     return open(path, "rb", buffering=1 << 20)
 
 
@@ -122,17 +159,15 @@ def iter_file(path: Path) -> Iterator[str]:
                 text = _jsonl_text(line, path, lineno) if fmt == "jsonl" else line
                 if text:
                     yield text
-        except _decompress_errors(comp) as e:  # corrupt or truncated compressed data
-            raise InputError(f"{path}: cannot decompress after line {lineno} ({e})") from None
+        except EOFError:  # the compressed data ends before its end marker
+            raise InputError(f"{path}: truncated compressed file (it ends after line {lineno}); "
+                             "re-download or re-create it") from None
+        except _decompress_errors(comp) as e:  # corrupt compressed data
+            raise InputError(f"{path}: corrupt compressed data after line {lineno} ({e})") from None
 
 
 def _decompress_errors(comp: str) -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError)
-    if comp == ".zst":
-        import zstandard
-
-        errors += (zstandard.ZstdError,)
-    return errors
+    return (OSError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
 def iter_documents(patterns: Sequence[str | os.PathLike]) -> Iterator[str]:

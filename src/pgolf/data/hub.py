@@ -24,11 +24,22 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
+from huggingface_hub import hf_hub_download
+from tqdm import tqdm
+
 import pgolf
-from pgolf.data.build import MANIFEST, write_json_atomic
+from pgolf.data.manifest import MANIFEST, tokenizer_record, write_manifest
 from pgolf.data.shards import read_header
-from pgolf.data.tokenizer import file_sha256, load_tokenizer
+from pgolf.data.tokenizer import load_tokenizer
 from pgolf.errors import InputError
+from pgolf.logs import progress_enabled
+
+try:  # the HTTP client of recent huggingface_hub releases; optional
+    import httpx
+except ImportError:  # pragma: no cover
+    httpx = None
 
 Fetch = Callable[[str, str], Path]
 
@@ -64,12 +75,10 @@ def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
 
 def hub_fetcher(etag_timeout: float = 10.0, probe_timeout: float = 5.0) -> Fetch:
     """fetch() over huggingface_hub; when the endpoint cannot be reached, it reads the local cache only."""
-    from huggingface_hub import constants, hf_hub_download
-
-    offline_fn = getattr(constants, "is_offline_mode", None)
-    offline = offline_fn() if offline_fn else bool(constants.HF_HUB_OFFLINE)
-    local_only = offline or not _endpoint_reachable(constants.ENDPOINT, probe_timeout)
-    where = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} unreachable"
+    offline_fn = getattr(hf_constants, "is_offline_mode", None)
+    offline = offline_fn() if offline_fn else bool(hf_constants.HF_HUB_OFFLINE)
+    local_only = offline or not _endpoint_reachable(hf_constants.ENDPOINT, probe_timeout)
+    where = "HF_HUB_OFFLINE is set" if offline else f"{hf_constants.ENDPOINT} unreachable"
 
     def fetch(repo_id: str, filename: str) -> Path:
         try:
@@ -99,20 +108,9 @@ def mirror_fetcher(root: str | os.PathLike) -> Fetch:
 
 
 def _fetch_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
-    try:
-        from huggingface_hub import errors as hf_errors
-
-        errors += (hf_errors.EntryNotFoundError, hf_errors.HfHubHTTPError, hf_errors.HFValidationError)
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        pass
-    try:
-        import httpx
-
-        errors += (httpx.HTTPError,)
-    except ImportError:
-        pass
-    return errors
+    errors: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError, hf_errors.EntryNotFoundError,
+                                                hf_errors.HfHubHTTPError, hf_errors.HFValidationError)
+    return errors + ((httpx.HTTPError,) if httpx is not None else ())
 
 
 def _get(fetch: Fetch, repo_id: str, filename: str) -> Path:
@@ -213,10 +211,9 @@ def download(variant: str, out_dir: str | os.PathLike, train_shards: int = 80, r
     jobs = [(f"{REMOTE_ROOT}/datasets/{dataset}/{n}", out / n, True) for n in shard_names]
     jobs += [(f"{REMOTE_ROOT}/{f}", out / "tokenizers" / Path(f).name, False) for f in tok_files]
 
-    from tqdm import tqdm
-
     fetched = skipped = 0
-    for remote, dest, is_shard in tqdm(jobs, desc="download", unit="file", file=sys.stderr, disable=None if progress else True):
+    for remote, dest, is_shard in tqdm(jobs, desc="download", unit="file", file=sys.stderr,
+                                       disable=None if progress and progress_enabled() else True):
         if dest.is_file() and (_shard_ok(dest) if is_shard else True):
             skipped += 1
             continue
@@ -233,15 +230,13 @@ def download(variant: str, out_dir: str | os.PathLike, train_shards: int = 80, r
         shards = [{"name": n, "tokens": read_header(out / n)} for n in shard_names if n.startswith(f"fineweb_{split}_")]
         splits[split] = {"tokens": sum(s["tokens"] for s in shards), "shards": shards}
     manifest = {
-        "format": "pgolf-shards",
         "pgolf_version": pgolf.__version__,
         "source": {"repo_id": repo_id, "variant": variant, "dataset": dataset,
                    "hub_manifest": HUB_MANIFEST},
-        "tokenizer": {"path": str(model.relative_to(out)), "sha256": file_sha256(model),
-                      "vocab_size": int(sp.vocab_size())},
+        "tokenizer": tokenizer_record(model, sp.vocab_size(), relative_to=out),
         "splits": splits,
     }
-    write_json_atomic(out / MANIFEST, manifest)
+    write_manifest(out, manifest)
     return {"dir": str(out), "repo_id": repo_id, "variant": variant, "dataset": dataset,
             "val_shards": n_val, "train_shards": train_shards, "fetched": fetched, "skipped": skipped,
             "tokenizer": str(model), "tokens": {s: v["tokens"] for s, v in splits.items()}}

@@ -5,6 +5,7 @@ header[0] = 20240520 (magic), header[1] = 1 (version), header[2] = token count, 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +67,17 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None, check: bo
     return tokens
 
 
+def shard_name(split: str, index: int) -> str:
+    return f"fineweb_{split}_{index:06d}.bin"
+
+
 def list_shards(directory: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted fineweb_{split}_*.bin files in a directory (split: train | val)."""
+    """Sorted fineweb_{split}_NNNNNN.bin files (split: train | val | val_bytes, the byte sidecar)."""
     d = Path(directory)
     if not d.is_dir():
         raise InputError(f"{d}: data directory not found")
-    return sorted(d.glob(f"fineweb_{split}_*.bin"))
+    pattern = re.compile(rf"^fineweb_{re.escape(split)}_\d{{6}}\.bin$")
+    return sorted(p for p in d.glob(f"fineweb_{split}_*.bin") if pattern.match(p.name))
 
 
 def load_split(directory: str | os.PathLike, split: str, vocab_size: int | None = None,

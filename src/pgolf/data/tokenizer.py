@@ -17,10 +17,10 @@ from typing import Iterable
 import numpy as np
 import sentencepiece as spm
 
+from pgolf.config import BOS_ID
 from pgolf.errors import InputError
 
 SPACE = "\u2581"
-BOS_ID = 1
 
 
 def load_tokenizer(path: str | os.PathLike) -> spm.SentencePieceProcessor:
@@ -71,17 +71,21 @@ class ByteTables:
         prev = np.asarray(prev, dtype=np.int64)
         return self.base_bytes[tgt].astype(np.int64) + (self.leading_space[tgt] & ~self.boundary[prev])
 
+    def target_bytes(self, tokens: np.ndarray) -> np.ndarray:
+        """Bytes of every target of a stream (target i = token i+1), int32 [len(tokens) - 1]."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return self.token_bytes(tokens[:-1], tokens[1:]).astype(np.int32)
+
     def stream_bytes(self, tokens: np.ndarray) -> int:
         """Total bytes over a token stream, every token after the first being a target."""
-        tokens = np.asarray(tokens, dtype=np.int64)
-        return int(self.token_bytes(tokens[:-1], tokens[1:]).sum())
+        return int(self.target_bytes(tokens).sum(dtype=np.int64))
 
-    def torch(self, device):
-        import torch
 
-        return (torch.as_tensor(self.base_bytes, dtype=torch.int64, device=device),
-                torch.as_tensor(self.leading_space, dtype=torch.bool, device=device),
-                torch.as_tensor(self.boundary, dtype=torch.bool, device=device))
+def check_vocab(tokenizer_vocab: int, model_vocab: int, tokenizer: str | os.PathLike) -> None:
+    """The one vocabulary check: a tokenizer and a model (or shards) must agree on the size."""
+    if tokenizer_vocab != model_vocab:
+        raise InputError(f"{tokenizer}: tokenizer has {tokenizer_vocab:,} pieces but model.vocab_size is "
+                         f"{model_vocab:,} (pass the tokenizer the shards were built with)")
 
 
 def byte_tables(sp: spm.SentencePieceProcessor) -> ByteTables:

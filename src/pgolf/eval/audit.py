@@ -1,262 +1,290 @@
-"""Legality audit of an evaluation method (challenge.md "Legality conditions").
+"""A black-box legality audit (challenge.md "Legality conditions").
 
-A method is audited as a black box `run(tokens, log) -> result` (result["nll"]: per-target NLLs,
-target i = token i+1) that writes a `ScoreLog`. Checks:
-- causality: with every token from target t on replaced, the scores of targets < t are unchanged;
-- score_before_update: replaying the log, every update used only already scored targets, and every
-  score came from a state never updated with that target or a later one;
-- single_pass: each target scored exactly once (log, and plan when given); the reported totals are
-  the sum of those scores;
-- normalization: at probed targets the recorded distribution is a full softmax (logsumexp 0, probs
-  sum to 1), the NLL is -log p(target), and the distribution does not change when the target does;
-- doc_isolation (doc-isolated methods): perturbing one document never changes the next one's scores.
+The audit runs a method's real evaluation path, `methods.evaluate` with the same arguments as
+`pgolf eval`, and reads what the harness-owned Scorer recorded; the method receives nothing that
+differs between an audited and a real run, and is never told where the audit will look.
+
+- finite: every reported NLL and every kept distribution is finite (NaN or inf fails);
+- single_pass: on the full run, every target scored exactly once;
+- normalization: at random positions of every run, the distribution that produced the NLL sums to
+  1 and the NLL equals -log p(target);
+- causality: on random sub-streams (or the whole stream with `thorough`), the method is run again
+  with the future replaced, and nothing it was not allowed to see may change. What that means follows
+  the method's declared order: "stream" (tokens after t replaced: every target < t unchanged),
+  "documents" (one document's tail and the three documents before it replaced, lengths kept: every
+  other target unchanged, so documents are isolated several documents back) or "queue" (a document's
+  tail replaced: every target of documents scored earlier in the method's queue unchanged);
+- target_independence: at each perturbation point the distribution is unchanged although the target
+  token itself changed (catches logits that look at the answer, clipped or best-of scores).
+
+Perturbation points and sub-streams come from a fresh random seed per audit (recorded, so a failure
+can be replayed with `seed`). Cost: the real run is the evaluation itself; the perturbation runs
+process at most `budget` (default 10%) of the evaluated tokens, but at least one sub-stream of
+min(N, MIN_SUBSTREAM) tokens with its perturbed copies. A method that misbehaves only on streams
+longer than the audited sub-streams needs `thorough` (full-length runs). The audit assumes methods
+do not introspect the harness (private attributes, stack frames).
 """
 from __future__ import annotations
 
-from typing import Callable
+import secrets
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pgolf.config import Config
-from pgolf.data.tokenizer import BOS_ID, ByteTables
-from pgolf.eval.docs import doc_spans, docs_plan
-from pgolf.eval.sliding import MODEL_STATE, ScoreLog, Window, plan_coverage, plain_plan, sliding_plan, split_plan
+from pgolf.eval.context import Method
+from pgolf.eval.methods import check as check_method
+from pgolf.eval.methods import evaluate
+from pgolf.eval.plans import doc_spans
 
-RunFn = Callable[[np.ndarray, ScoreLog], dict]
-NORM_TOL = 1e-4
+MIN_SUBSTREAM = 16_384
+PERTURBATIONS = 4  # perturbed copies per sub-stream
+NORM_PROBES = 16  # random kept positions per run for the normalization check
+DOCS_BACK = 3  # documents before the probed one that an isolation probe replaces
 
 
-def _nll(result: dict) -> np.ndarray:
-    return result["nll"].double().numpy()
+@dataclass
+class _Run:
+    nll: np.ndarray
+    counts: np.ndarray
+    kept: dict[int, np.ndarray]  # target -> log-probs
+    result: dict
+
+
+def _run(model, tokens, nbytes, cfg, device, method: Method, keep) -> _Run:
+    out = evaluate(model, tokens, nbytes, cfg, device, method, keep=keep, with_record=True)
+    rec = out.pop("record")
+    kept = {int(p): rec.kept[i].double().numpy() for i, p in enumerate(rec.kept_positions.tolist())}
+    return _Run(rec.nll.double().numpy(), rec.counts.numpy(), kept, out)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Max |a - b| treating NaN == NaN as equal and NaN vs number as infinitely different."""
+    """Max |a - b|; NaN on either side counts as infinitely different."""
     if a.size == 0:
         return 0.0
-    both = np.isnan(a) & np.isnan(b)
-    one = np.isnan(a) ^ np.isnan(b)
-    if one.any():
-        return float("inf")
-    d = np.abs(np.where(both, 0.0, a - b))
-    return float(np.nanmax(d)) if d.size else 0.0
+    d = np.abs(a - b)
+    return float("inf") if np.isnan(d).any() else float(d.max())
 
 
-def perturb_from(tokens: np.ndarray, t: int, vocab_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Tokens with every target >= t (tokens t+1 ...) replaced at random; token t+1 surely differs."""
+class _Checks:
+    def __init__(self) -> None:
+        self.problems: dict[str, list[str]] = {}
+        self.counts: dict[str, int] = {}
+
+    def note(self, name: str, ok: bool, problem: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.problems.setdefault(name, [])
+        if not ok and len(self.problems[name]) < 5:
+            self.problems[name].append(problem)
+
+    def report(self, details: dict[str, str]) -> dict:
+        out = {}
+        for name, probs in self.problems.items():
+            out[name] = {"passed": not probs, "checked": self.counts[name],
+                         "details": "; ".join(probs) if probs else details.get(name, "ok")}
+        return out
+
+
+def _check_distributions(run: _Run, tokens: np.ndarray, checks: _Checks, where: str, atol: float) -> None:
+    for p, lp in run.kept.items():
+        if np.isnan(lp).all():
+            checks.note("normalization", False, f"{where}: target {p} has no recorded distribution (never scored)")
+            continue
+        finite = bool(np.isfinite(lp).all())
+        checks.note("finite", finite, f"{where}: distribution at target {p} has NaN or inf")
+        if not finite:
+            continue
+        total = float(np.exp(lp).sum())
+        checks.note("normalization", abs(total - 1.0) <= atol,
+                    f"{where}: probabilities at target {p} sum to {total:.6g}, not 1")
+        claimed, actual = run.nll[p], -lp[int(tokens[p + 1])]
+        checks.note("normalization", bool(abs(claimed - actual) <= atol * max(1.0, abs(actual))),
+                    f"{where}: NLL at target {p} is {claimed:.6g} but -log p(target) is {actual:.6g}")
+
+
+def _perturb(tokens: np.ndarray, lo: int, hi: int, vocab: int, rng: np.random.Generator,
+             avoid: int | None = None) -> np.ndarray:
+    """Tokens lo..hi-1 replaced at random, token lo surely changed; with `avoid` (the BOS id) no
+    replacement is that token, so a document's tail changes without moving any document boundary."""
     out = np.array(tokens, dtype=np.int64, copy=True)
-    out[t + 1:] = rng.integers(0, vocab_size, len(out) - t - 1)
-    out[t + 1] = (tokens[t + 1] + 1 + rng.integers(0, vocab_size - 1)) % vocab_size
+    if hi <= lo:
+        return out
+    ids = np.arange(vocab) if avoid is None else np.delete(np.arange(vocab), avoid)
+    new = rng.choice(ids, hi - lo)
+    first = ids[ids != tokens[lo]]
+    new[0] = rng.choice(first)
+    out[lo:hi] = new
     return out
 
 
-def check_single_pass(log: ScoreLog, result: dict, n_targets: int, plan: list[Window] | None = None) -> dict:
-    counts = np.zeros(n_targets, dtype=np.int64)
-    for kind, pos, _ in log.events:
-        if kind == "score":
-            counts += np.bincount(pos, minlength=n_targets)[:n_targets]
-    problems = []
-    twice, never = np.flatnonzero(counts > 1), np.flatnonzero(counts == 0)
-    if twice.size:
-        problems.append(f"{twice.size} targets scored more than once (first: {int(twice[0])})")
-    if never.size:
-        problems.append(f"{never.size} targets never scored (first: {int(never[0])})")
-    if plan is not None:
-        cov = plan_coverage(plan, n_targets)
-        if not (cov == 1).all():
-            bad = np.flatnonzero(cov != 1)
-            problems.append(f"plan covers {bad.size} targets other than once (first: {int(bad[0])}, "
-                            f"count {int(cov[bad[0]])})")
-    nll = _nll(result)
-    if result.get("tokens") != n_targets:
-        problems.append(f"reported tokens {result.get('tokens')} != {n_targets} targets")
-    if not np.isfinite(nll).all():
-        problems.append(f"{int((~np.isfinite(nll)).sum())} targets have no finite per-target score")
-    else:
-        total = float(nll.sum())
-        reported = float(result["val_loss"]) * int(result.get("tokens") or 0)
-        if abs(total - reported) > 1e-6 * max(1.0, abs(total)):
-            problems.append(f"reported loss sum {reported:.6f} != sum of per-target scores {total:.6f}")
-    return {"passed": not problems, "details": "; ".join(problems) or f"all {n_targets} targets scored once"}
+def _substreams(tokens: np.ndarray, length: int, count: int, rng: np.random.Generator, bos: int) -> list[tuple[int, int]]:
+    """`count` ranges [a, b) of about `length` tokens at random places, starting at a BOS when possible."""
+    n = len(tokens)
+    if length >= n:
+        return [(0, n)]
+    starts = np.flatnonzero(tokens[: n - length] == bos)
+    out = []
+    for _ in range(count):
+        a = int(rng.choice(starts)) if starts.size else int(rng.integers(0, n - length))
+        out.append((a, a + length))
+    return out
 
 
-def check_score_before_update(log: ScoreLog, n_targets: int) -> dict:
-    scored = np.zeros(n_targets, dtype=bool)
-    last_update: dict[str, int] = {}
-    problems, n_updates = [], 0
-    for kind, pos, state in log.events:
-        if pos.size == 0:
-            continue
-        if kind == "update":
-            n_updates += 1
-            used = pos[(pos >= 0) & (pos < n_targets)]
-            unscored = used[~scored[used]]
-            if unscored.size and len(problems) < 5:
-                problems.append(f"update of '{state}' used {unscored.size} targets not yet scored "
-                                f"(first: {int(unscored[0])})")
-            last_update[state] = max(last_update.get(state, -1), int(pos.max()))
-        else:
-            limit = last_update.get(MODEL_STATE, -1)
-            if state != MODEL_STATE:
-                limit = max(limit, last_update.get(state, -1))
-            if int(pos.min()) <= limit and len(problems) < 5:
-                problems.append(f"'{state}' scored target {int(pos.min())} after an update that used target {limit}")
-            scored[pos] = True
-    return {"passed": not problems, "updates": n_updates,
-            "details": "; ".join(problems) or f"{n_updates} updates, each after its targets were scored"}
+def _probe_stream(sub: np.ndarray, rng: np.random.Generator, vocab: int, **_):
+    """Everything after target t replaced (token t+1 chosen later; the length stays, it is public):
+    targets < t must not move."""
+    n_targets = len(sub) - 1
+    t = int(rng.integers(1, max(n_targets - 1, 2)))
+    pert = _perturb(sub, t + 1, len(sub), vocab, rng)
+    must_keep = np.zeros(n_targets, dtype=bool)
+    must_keep[:t] = True
+    return pert, t, must_keep
 
 
-def check_normalization(log: ScoreLog, tokens: np.ndarray, nll: np.ndarray,
-                        pairs: list[tuple[int, ScoreLog, np.ndarray, np.ndarray]], atol: float) -> dict:
-    problems = []
-    missing = [int(p) for p in log.probe if int(p) not in log.dists]
-    if missing:
-        problems.append(f"no distribution recorded at {len(missing)} probed targets (first: {missing[0]})")
-    worst_lse = worst_nll = 0.0
-    for p, lp in log.dists.items():
-        lp = lp.double()
-        worst_lse = max(worst_lse, abs(float(torch.logsumexp(lp, 0))), abs(float(lp.exp().sum()) - 1.0))
-        worst_nll = max(worst_nll, abs(nll[p] + float(lp[int(tokens[p + 1])])))
-    if worst_lse > NORM_TOL:
-        problems.append(f"scored distribution not normalized (|logsumexp| or |sum p - 1| up to {worst_lse:.3g})")
-    if worst_nll > NORM_TOL * max(1.0, float(np.nanmax(np.abs(nll))) if nll.size else 1.0):
-        problems.append(f"reported NLL differs from -log p(target) by up to {worst_nll:.3g}")
-    worst_dep = 0.0
-    for t, plog, ptokens, pnll in pairs:
-        if t not in log.dists or t not in plog.dists:
-            continue
-        worst_dep = max(worst_dep, float((log.dists[t].double() - plog.dists[t].double()).abs().max()))
-        if abs(pnll[t] + float(plog.dists[t].double()[int(ptokens[t + 1])])) > NORM_TOL * max(1.0, abs(pnll[t])):
-            problems.append(f"perturbed run: NLL at {t} is not -log p(target)")
-    if worst_dep > atol:
-        problems.append(f"distribution at a target changes with the target itself (by up to {worst_dep:.3g})")
-    return {"passed": not problems, "probes": len(log.dists),
-            "details": "; ".join(problems) or f"{len(log.dists)} probed distributions normalized and target-independent"}
+def _eligible_docs(spans: list[tuple[int, int]], first: int = 0) -> list[int]:
+    return [k for k in range(first, len(spans)) if spans[k][1] - spans[k][0] >= 3]
 
 
-def pick_points(n_targets: int, points: int) -> list[int]:
-    """Evenly spread targets in [1, n_targets - 1] where the future is perturbed."""
-    if n_targets < 2:
-        return []
-    return sorted({max(1, min(n_targets - 1, int(n_targets * (k + 1) / (points + 1)))) for k in range(points)})
-
-
-def audit(run: RunFn, tokens: np.ndarray, vocab_size: int, *, points: int | list[int] = 3, probes: int = 8,
-          seed: int = 0, plan: list[Window] | None = None, doc_limit: int | None = None,
-          bos_id: int = BOS_ID, atol: float = 1e-4) -> dict:
-    """Run every check on `run`; returns {"passed", "checks": {name: {"passed", "details", ...}}}.
-
-    doc_limit: the method keeps documents independent for targets < doc_limit (None = it does not
-    claim doc isolation, and that check is skipped).
-    """
-    tokens = np.asarray(tokens, dtype=np.int64)
-    n_targets = len(tokens) - 1
-    rng = np.random.default_rng(seed)
-    ts = pick_points(n_targets, points) if isinstance(points, int) else sorted(points)
-    probe = set(ts) | set(rng.integers(0, n_targets, min(probes, n_targets)).tolist())
-    log = ScoreLog(probe=np.array(sorted(probe), dtype=np.int64))
-    result = run(tokens, log)
-    nll = _nll(result)
-    checks: dict[str, dict] = {}
-
-    causal, pairs = [], []
-    for t in ts:
-        ptokens = perturb_from(tokens, t, vocab_size, rng)
-        plog = ScoreLog(probe=np.array([t], dtype=np.int64))
-        pnll = _nll(run(ptokens, plog))
-        causal.append((t, _max_diff(nll[:t], pnll[:t])))
-        pairs.append((t, plog, ptokens, pnll))
-    bad = [(t, d) for t, d in causal if d > atol]
-    checks["causality"] = {
-        "passed": not bad, "points": ts, "max_change": max((d for _, d in causal), default=0.0),
-        "details": (f"scores before target {bad[0][0]} changed by {bad[0][1]:.3g} when later tokens changed"
-                    if bad else f"scores before {len(ts)} perturbation points unchanged")}
-    checks["score_before_update"] = check_score_before_update(log, n_targets)
-    checks["single_pass"] = check_single_pass(log, result, n_targets, plan)
-    checks["normalization"] = check_normalization(log, tokens, nll, pairs, atol)
-    checks["doc_isolation"] = check_doc_isolation(run, tokens, nll, vocab_size, doc_limit, bos_id, rng, atol)
-    passed = all(c["passed"] is not False for c in checks.values())
-    return {"passed": passed, "checks": checks, "targets": n_targets}
-
-
-def check_doc_isolation(run: RunFn, tokens: np.ndarray, nll: np.ndarray, vocab_size: int, doc_limit: int | None,
-                        bos_id: int, rng: np.random.Generator, atol: float, pairs: int = 2) -> dict:
-    if doc_limit is None:
-        return {"passed": None, "details": "skipped: the method does not claim document isolation"}
-    spans = doc_spans(tokens, bos_id)
-    cand = [k for k in range(1, len(spans)) if spans[k][1] <= doc_limit and spans[k - 1][1] - spans[k - 1][0] >= 2]
+def _probe_documents(sub: np.ndarray, rng: np.random.Generator, vocab: int, bos: int, **_):
+    """One document's tail and the DOCS_BACK documents before it replaced (no boundary moves): every
+    other target must not move."""
+    spans = doc_spans(sub, bos)
+    cand = _eligible_docs(spans, first=min(DOCS_BACK, max(len(spans) - 1, 0)))
     if not cand:
-        return {"passed": None, "details": f"skipped: no two documents within the first {doc_limit} targets"}
-    chosen = sorted({cand[0], cand[len(cand) // 2]})[:pairs]
-    worst, where = 0.0, -1
-    ids = np.array([i for i in range(vocab_size) if i != bos_id])
-    for k in chosen:
-        (plo, phi), (lo, hi) = spans[k - 1], spans[k]
-        ptokens = np.array(tokens, copy=True)
-        ptokens[plo + 1: phi] = rng.choice(ids, phi - plo - 1)
-        d = _max_diff(nll[lo:hi], _nll(run(ptokens, ScoreLog()))[lo:hi])
-        if d > worst:
-            worst, where = d, k
-    ok = worst <= atol
-    return {"passed": ok, "docs_checked": len(chosen), "max_change": worst,
-            "details": (f"document {where}'s scores changed by {worst:.3g} when the previous document changed"
-                        if not ok else f"{len(chosen)} documents unaffected by their predecessors")}
+        return None
+    k = int(rng.choice(cand))
+    lo, hi = spans[k]
+    j = int(rng.integers(lo + 1, hi - 1))  # target j: its token j+1 changes, targets lo..j-1 must not
+    pert = _perturb(sub, j + 1, hi, vocab, rng, avoid=bos)
+    changed = np.zeros(len(sub) - 1, dtype=bool)
+    changed[j:hi] = True
+    for back in range(max(0, k - DOCS_BACK), k):
+        blo, bhi = spans[back]
+        pert = _perturb(pert, blo + 1, bhi, vocab, rng, avoid=bos) if bhi - blo >= 2 else pert
+        changed[blo:bhi] = True
+    return pert, j, ~changed
 
 
-# ---------------------------------------------------------------------------------------------
-# auditing the real methods
-
-def method_plan(method: str, tokens: np.ndarray, cfg: Config) -> list[Window] | None:
-    """The scoring plan of a plan-based method (None for the per-document TTT methods)."""
-    from pgolf.eval.api import eval_window
-
-    n, w, e = len(tokens) - 1, eval_window(cfg), cfg.eval
-    if method == "plain":
-        return plain_plan(n, w)
-    if method == "sliding":
-        return sliding_plan(n, w, e.stride)
-    if method == "docs":
-        return docs_plan(doc_spans(tokens, cfg.model.bos_id), w, e.stride)
-    if method == "ttt-sgd":
-        return [x for c in split_plan(sliding_plan(n, w, min(e.stride, w)), e.ttt_chunk_tokens, n) for x in c]
-    return None
-
-
-def method_doc_limit(method: str, tokens: np.ndarray, cfg: Config) -> int | None:
-    """Targets below which a method keeps documents independent (None: not doc-isolated)."""
-    n = len(tokens) - 1
-    if method in ("docs", "ttt-lora"):
-        return n
-    if method in ("plain", "sliding"):
-        return n if cfg.eval.doc_isolated else None
-    if method == "ttt-sgd":
-        return min(cfg.eval.ttt_chunk_tokens, n) if cfg.eval.doc_isolated else None
-    if method == "phased":
-        from pgolf.eval.phased import phase_bounds
-
-        spans = doc_spans(tokens, cfg.model.bos_id)
-        phases = phase_bounds(spans, cfg.eval.phased_points)
-        return spans[phases[0][1] - 1][1] if phases else None
-    return None
+def _probe_queue(sub: np.ndarray, rng: np.random.Generator, vocab: int, bos: int, queue, cfg, **_):
+    """A document's tail replaced (no boundary moves): documents scored earlier in the method's queue,
+    and the document's own earlier targets, must not move."""
+    spans = doc_spans(sub, bos)
+    order = list(queue(spans, cfg))
+    cand = _eligible_docs(spans)
+    if not cand:
+        return None
+    k = int(rng.choice(cand))
+    lo, hi = spans[k]
+    j = int(rng.integers(lo + 1, hi - 1))
+    pert = _perturb(sub, j + 1, hi, vocab, rng, avoid=bos)
+    must_keep = np.zeros(len(sub) - 1, dtype=bool)
+    must_keep[lo:j] = True
+    for d in order[: order.index(k)]:
+        must_keep[spans[d][0]:spans[d][1]] = True
+    return pert, j, must_keep
 
 
-def audit_model(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, cfg: Config, method: str,
-                device: torch.device | str = "cpu", points: int = 3, probes: int = 8, seed: int = 0,
-                atol: float = 1e-4) -> dict:
-    """Audit one of pgolf's methods on `model` over `tokens` (cut to cfg.eval.max_tokens)."""
-    from pgolf.eval.api import check_eval_config, evaluate
+def _adversarial_target(pert: np.ndarray, t: int, lp: np.ndarray | None, original: int, bos: int | None
+                        ) -> np.ndarray:
+    """Token t+1 becomes the least likely token under the unperturbed distribution at t (not the
+    original one, not BOS where boundaries must stay): a distribution that depends on its own target
+    (a boosted answer, a best-of choice) then almost surely shows it."""
+    out = pert.copy()
+    if lp is None or not np.isfinite(lp).all():
+        return out
+    for v in np.argsort(lp, kind="stable"):
+        if v != original and (bos is None or v != bos):
+            out[t + 1] = int(v)
+            break
+    return out
 
-    check_eval_config(cfg, method)
-    if cfg.eval.max_tokens:
-        tokens = tokens[: cfg.eval.max_tokens]
+
+PROBES = {"stream": _probe_stream, "documents": _probe_documents, "queue": _probe_queue}
+
+
+def audit(model: torch.nn.Module, tokens: np.ndarray, nbytes: np.ndarray, cfg: Config,
+          device: torch.device | str = "cpu", method: str | Method | None = None, *, seed: int | None = None,
+          budget: float = 0.1, thorough: bool = False, atol: float = 1e-4, real: dict | None = None) -> dict:
+    """Audit `method` (default cfg.eval.method) on `tokens`; returns the report (see the module doc).
+
+    `real`: the result of the evaluation being audited, made with `evaluate(..., keep=...,
+    with_record=True)` (then it is not run again); `nbytes`: the bytes of every target."""
+    m = method if isinstance(method, Method) else check_method(cfg, method)
     tokens = np.asarray(tokens, dtype=np.int64)
+    nbytes = np.asarray(nbytes)
+    seed = secrets.randbits(32) if seed is None else int(seed)
+    rng = np.random.default_rng(seed)
+    n_targets = len(tokens) - 1
+    vocab, bos = cfg.model.vocab_size, cfg.model.bos_id
+    order = m.order(cfg)
+    checks = _Checks()
 
-    def run(toks: np.ndarray, log: ScoreLog) -> dict:
-        return evaluate(model, toks, tables, cfg, device=device, method=method, log=log)
+    # 1. the real run: what `pgolf eval` reports
+    if real is None:
+        keep = rng.choice(n_targets, size=min(NORM_PROBES, n_targets), replace=False)
+        real = evaluate(model, tokens, nbytes, cfg, device, m, keep=keep, with_record=True)
+    rec = real["record"]
+    full = _Run(rec.nll.double().numpy(), rec.counts.numpy(),
+                {int(p): rec.kept[i].double().numpy() for i, p in enumerate(rec.kept_positions.tolist())}, real)
+    bad = ~np.isfinite(full.nll)
+    checks.note("finite", not bad.any(), f"{int(bad.sum()):,} targets have a NaN/inf or no score (first: "
+                                         f"{int(np.flatnonzero(bad)[0]) if bad.any() else -1})")
+    twice, never = np.flatnonzero(full.counts > 1), np.flatnonzero(full.counts == 0)
+    checks.note("single_pass", not twice.size and not never.size,
+                f"{twice.size:,} targets scored more than once, {never.size:,} never (first: "
+                f"{int(twice[0]) if twice.size else int(never[0]) if never.size else -1})")
+    reported = float(real["val_loss"]) * int(real["tokens"])
+    total = float(np.nansum(full.nll))
+    checks.note("single_pass", int(real["tokens"]) == n_targets and abs(total - reported) <= 1e-6 * max(1.0, total),
+                f"reported {real['tokens']:,} targets / loss sum {reported:.6f}, the record has {n_targets:,} / {total:.6f}")
+    _check_distributions(full, tokens, checks, "full run", atol)
 
-    report = audit(run, tokens, cfg.model.vocab_size, points=points, probes=probes, seed=seed,
-                   plan=method_plan(method, tokens, cfg), doc_limit=method_doc_limit(method, tokens, cfg),
-                   bos_id=cfg.model.bos_id, atol=atol)
-    report["method"] = method
-    return report
+    # 2. perturbation runs on sub-streams
+    length = len(tokens) if thorough else min(len(tokens), MIN_SUBSTREAM)
+    count = 1 if thorough else max(1, int(budget * len(tokens) // ((1 + PERTURBATIONS) * length)))
+    subs = _substreams(tokens, length, count, rng, bos)
+    keep_bos = bos if order != "stream" else None
+    cost = 0
+    for a, b in subs:
+        sub, sub_bytes = tokens[a:b], nbytes[a:b - 1]
+        if len(sub) < 8:
+            continue
+        probes = [p for p in (PROBES[order](sub, rng, vocab, bos=bos, queue=m.queue, cfg=cfg)
+                              for _ in range(PERTURBATIONS)) if p is not None]
+        if not probes:
+            continue
+        n_sub = len(sub) - 1
+        norm = rng.choice(n_sub, size=min(NORM_PROBES, n_sub), replace=False).tolist()
+        base = _run(model, sub, sub_bytes, cfg, device, m, norm + [t for _, t, _ in probes])
+        _check_distributions(base, sub, checks, f"sub-stream [{a}, {b})", atol)
+        cost += len(sub)
+        for pert, t, must_keep in probes:
+            pert = _adversarial_target(pert, t, base.kept.get(t), int(sub[t + 1]), keep_bos)
+            other = _run(model, pert, sub_bytes, cfg, device, m, [t])
+            cost += len(pert)
+            where = f"sub-stream [{a}, {b}) perturbed at target {t}"
+            _check_distributions(other, pert, checks, where, atol)
+            mine = base.nll[must_keep]
+            d = _max_diff(mine, other.nll[must_keep])
+            moved = np.flatnonzero(~np.isclose(mine, other.nll[must_keep], rtol=0, atol=atol))
+            first = int(np.flatnonzero(must_keep)[moved[0]]) + a if moved.size else -1
+            checks.note("causality", d <= atol,
+                        f"{where}: a score it may not depend on changed by {d:.3g} (stream target {first})")
+            lp0, lp1 = base.kept.get(t), other.kept.get(t)
+            dd = float("inf") if lp0 is None or lp1 is None else _max_diff(lp0, lp1)
+            checks.note("target_independence", dd <= atol,
+                        f"{where}: the distribution at the perturbed target changed by {dd:.3g} with the target token")
+    details = {
+        "finite": f"all {n_targets:,} scores and every kept distribution finite",
+        "single_pass": f"all {n_targets:,} targets scored exactly once",
+        "normalization": "kept distributions sum to 1 and give the reported NLL",
+        "causality": f"no score moved when the future changed ({order} order)",
+        "target_independence": "distributions at perturbation points ignore the target token",
+    }
+    report = checks.report(details)
+    for key in details:
+        report.setdefault(key, {"passed": None, "checked": 0, "details": "skipped: nothing to probe (stream too short)"})
+    return {"method": m.name, "passed": all(c["passed"] is not False for c in report.values()), "checks": report,
+            "seed": seed, "order": order, "targets": n_targets, "substreams": [list(s) for s in subs],
+            "audit_tokens": cost, "budget": budget, "thorough": thorough, "atol": atol}

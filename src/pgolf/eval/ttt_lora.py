@@ -12,15 +12,16 @@ import math
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pgolf.config import EvalConfig
-from pgolf.data.tokenizer import BOS_ID, ByteTables
-from pgolf.eval.docs import doc_spans
-from pgolf.eval.sliding import ScoreLog, Scorer, as_stream
+from pgolf import runtime
+from pgolf.config import Config, EvalConfig, need
+from pgolf.eval.context import EvalContext, Method
+from pgolf.eval.plans import doc_spans, log_probs
+from pgolf.eval.scorer import Scorer
+from pgolf.logs import bar
 
 # target name -> (submodule of a block, attribute)
 LORA_TARGETS = {"q": ("attn", "c_q"), "k": ("attn", "c_k"), "v": ("attn", "c_v"), "o": ("attn", "proj"),
@@ -83,15 +84,13 @@ def _a_init(gen: torch.Generator, rank: int, in_features: int, device) -> torch.
 
 
 @contextmanager
-def attached_lora(model: nn.Module, targets: list[str], rows: int, rank: int, seed: int = 0) -> Iterator[LoRASet]:
+def attached_lora(model: nn.Module, targets: tuple[str, ...], rows: int, rank: int, seed: int = 0
+                  ) -> Iterator[LoRASet]:
     """Wrap the targeted linears of every block with batched adapters; restore them on exit.
 
     A's initial value is fixed by `seed` and identical for every row, so a document's trajectory
     never depends on which batch (or rank) it lands in.
     """
-    unknown = [t for t in targets if t not in LORA_TARGETS and t != HEAD_TARGET]
-    if unknown:
-        raise ValueError(f"unknown LoRA targets {unknown}; known: {sorted(LORA_TARGETS) + [HEAD_TARGET]}")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
@@ -119,25 +118,21 @@ def attached_lora(model: nn.Module, targets: list[str], rows: int, rank: int, se
             setattr(parent, attr, base)
 
 
-def _doc_batches(spans: list[tuple[int, int]], batch_docs: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
-    """Documents sorted by length (less padding), cut into batches, dealt round-robin to ranks."""
+def doc_batches(spans: list[tuple[int, int]], batch_docs: int) -> list[list[tuple[int, int]]]:
+    """Documents sorted by length (less padding), cut into batches."""
     order = sorted(spans, key=lambda s: (s[1] - s[0], s[0]))
-    groups = [order[i: i + batch_docs] for i in range(0, len(order), batch_docs)]
-    return groups[rank::world]
+    return [order[i: i + batch_docs] for i in range(0, len(order), batch_docs)]
 
 
 def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int]], ecfg: EvalConfig,
                     window: int, rank: int = 0, world: int = 1, autocast_dtype: torch.dtype | None = None,
-                    seed: int = 0, progress: bool = False) -> None:
-    """Score documents `spans` with per-document LoRA TTT on `model` (its weights stay frozen)."""
+                    seed: int = 0, desc: str | None = None) -> None:
+    """Score documents `spans` with per-document LoRA TTT on `model` (its weights stay frozen);
+    batches go round-robin to ranks."""
     K = ecfg.lora_chunk
-    if not 1 <= K <= window:
-        raise ValueError(f"eval.lora_chunk must be in [1, window={window}], got {K}")
-    groups = _doc_batches(spans, ecfg.lora_batch_docs, rank, world)
-    if progress:
-        from tqdm import tqdm
-
-        groups = tqdm(groups, desc="eval ttt-lora", unit="batch", leave=False, disable=None)
+    groups = doc_batches(spans, ecfg.lora_batch_docs)[rank::world]
+    if desc is not None:
+        groups = bar(groups, desc=desc, unit="batch")
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -166,7 +161,7 @@ def _lora_step(model: nn.Module, lora: LoRASet, opt: torch.optim.Optimizer, scor
                group: list[tuple[int, int]], k: int, K: int, window: int,
                autocast_dtype: torch.dtype | None) -> None:
     """Score chunk k of every document in the batch that has one, then one step on those chunks."""
-    stream, dev, log = scorer.stream, scorer.device, scorer.log
+    stream, dev = scorer.stream, scorer.device
     rows = [i for i, (lo, hi) in enumerate(group) if lo + k * K < hi]
     spec = []  # (window start, chunk start, chunk end) per active row
     for i in rows:
@@ -185,41 +180,34 @@ def _lora_step(model: nn.Module, lora: LoRASet, opt: torch.optim.Optimizer, scor
     slot = (pos - w_start[:, None]).clamp(max=L - 1)
     y = stream[(pos + 1).clamp(max=len(stream) - 1)]
     lora.set_active(torch.tensor(rows, device=dev))
-    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with runtime.autocast(dev, autocast_dtype):
         h = model.hidden(x)
         hc = torch.gather(h, 1, slot[..., None].expand(-1, -1, h.size(-1)))
         logits = model.logits_from_hidden(hc)
         if lora.head is not None:
             logits = logits + lora.head.delta(hc).float()
     logits = logits.float()
-    states = None
-    if log is not None:
-        row_of = torch.arange(len(rows), device=dev)[:, None].expand(-1, K)[valid]
-        states = [(f"doc:{group[i][0]}", row_of == r) for r, i in enumerate(rows)]
-    scorer.add(logits[valid], pos[valid], states)
+    scorer.score(log_probs(logits), pos, valid)
     # Per-row mean NLL, summed over rows: each document's gradient is its own.
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(valid.shape)
     loss = (nll * valid / c_len[:, None]).sum()
     opt.zero_grad(set_to_none=False)
     loss.backward()
     opt.step()
-    if log is not None:
-        for r, i in enumerate(rows):
-            lo = group[i][0]
-            # The document's leading BOS is its delimiter (every per-document method knows where
-            # documents start); the update used the document's own tokens up to the chunk end.
-            log.update(np.arange(max(spec[r][0] - 1, lo), spec[r][2], dtype=np.int64), f"doc:{lo}")
 
 
-def evaluate_ttt_lora(model: nn.Module, tokens: np.ndarray, tables: ByteTables, ecfg: EvalConfig, window: int,
-                      device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                      autocast_dtype: torch.dtype | None = None, log: ScoreLog | None = None,
-                      seed: int = 0, progress: bool = False, bos_id: int = BOS_ID) -> dict:
-    """Per-document LoRA TTT over the whole stream: val_loss, val_bpb, tokens, bytes, docs, nll."""
-    scorer = Scorer(as_stream(tokens, device), tables, log)
-    spans = doc_spans(tokens, bos_id)
-    m = copy.deepcopy(model).to(device)
-    lora_score_docs(m, scorer, spans, ecfg, window, rank, world, autocast_dtype, seed, progress)
-    out = scorer.result()
-    out["docs"] = len(spans)
-    return out
+def run_ttt_lora(ctx: EvalContext) -> dict:
+    spans = doc_spans(ctx.stream.cpu().numpy(), ctx.cfg.model.bos_id)
+    m = copy.deepcopy(ctx.model).to(ctx.device)
+    lora_score_docs(m, ctx.scorer, spans, ctx.cfg.eval, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype,
+                    ctx.cfg.train.seed, ctx.desc("eval ttt-lora"))
+    return {"docs": len(spans)}
+
+
+def check_lora(cfg: Config) -> None:
+    w = cfg.eval.window(cfg.train)
+    need(cfg.eval.lora_chunk <= w, "eval.lora_chunk", f"must be <= the eval window ({w}), got {cfg.eval.lora_chunk}")
+
+
+TTT_LORA = Method("ttt-lora", run_ttt_lora, lambda cfg: "documents",
+                  "per-document LoRA TTT, score-first in chunks, adapters reset per document", check=check_lora)

@@ -3,26 +3,22 @@
 The targets are cut into chunks of `ttt_chunk_tokens`. For each chunk: score it (sliding windows
 cut at the chunk boundaries; context may come from earlier chunks) under no_grad, then, unless it
 is the last chunk, train on exactly that chunk's tokens. So a target is always scored by a model
-that never saw it or anything after it. The caller's model is never mutated (a deep copy trains).
+that never saw it or anything after it. The caller's model is never changed (a deep copy trains).
 """
 from __future__ import annotations
 
 import copy
 import math
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from pgolf.config import EvalConfig
-from pgolf.data.tokenizer import ByteTables
-from pgolf.eval.plain import rank_slice
-from pgolf.eval.sliding import ScoreLog, Scorer, as_stream, score_plan, sliding_plan, split_plan, update_positions
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from pgolf import runtime
+from pgolf.config import Config, EvalConfig, need
+from pgolf.eval.context import EvalContext, Method
+from pgolf.eval.plans import rank_share, score_windows, sliding_plan, split_plan
+from pgolf.eval.windowed import check_stride
+from pgolf.logs import bar
 
 
 def cosine_lr(base_lr: float, step: int, n_steps: int) -> float:
@@ -41,14 +37,12 @@ def trainable_params(model: torch.nn.Module, freeze_blocks: int) -> list[torch.n
 
 
 def make_sgd(model: torch.nn.Module, ecfg: EvalConfig) -> torch.optim.SGD:
-    params = trainable_params(model, ecfg.ttt_freeze_blocks)
-    return torch.optim.SGD(params, lr=ecfg.ttt_lr, momentum=ecfg.ttt_momentum)
+    return torch.optim.SGD(trainable_params(model, ecfg.ttt_freeze_blocks), lr=ecfg.ttt_lr, momentum=ecfg.ttt_momentum)
 
 
 def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torch.Tensor, lo: int, hi: int,
                 seq_len: int, ecfg: EvalConfig, lr: float, rank: int = 0, world: int = 1,
-                autocast_dtype: torch.dtype | None = None, log: ScoreLog | None = None,
-                doc_isolated: bool = False) -> None:
+                autocast_dtype: torch.dtype | None = None, doc_isolated: bool = False) -> None:
     """`ecfg.ttt_epochs` epochs of SGD on targets [lo, hi) in sequences of `seq_len`.
 
     Each global batch holds `ttt_batch_seqs` sequences; rank r takes every world-th one and the
@@ -56,8 +50,6 @@ def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torc
     """
     if hi <= lo:
         return
-    if log is not None:
-        log.update(update_positions(lo, hi))
     for g in opt.param_groups:
         g["lr"] = lr
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -78,7 +70,7 @@ def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torc
                 valid = off[None] < torch.tensor([n for _, n in mine], device=dev)[:, None]
                 x = stream[pos.clamp(max=len(stream) - 1)]
                 y = torch.where(valid, stream[(pos + 1).clamp(max=len(stream) - 1)], -100)
-                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                with runtime.autocast(dev, autocast_dtype):
                     logits = model(x, doc_isolated=doc_isolated)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                        ignore_index=-100, reduction="sum") / n_global
@@ -86,9 +78,9 @@ def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torc
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            if _distributed() and world > 1:
+            if world > 1:
                 for p in params:
-                    dist.all_reduce(p.grad)
+                    runtime.all_reduce_sum(p.grad)
             if ecfg.ttt_grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, ecfg.ttt_grad_clip)
             opt.step()
@@ -96,30 +88,33 @@ def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torc
         model.eval()
 
 
-def evaluate_ttt_sgd(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, ecfg: EvalConfig,
-                     window: int, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                     doc_isolated: bool = False, autocast_dtype: torch.dtype | None = None,
-                     log: ScoreLog | None = None, progress: bool = False) -> dict:
-    """Score-first chunked TTT: val_loss, val_bpb, tokens, bytes, chunks, nll."""
-    stream = as_stream(tokens, device)
-    scorer = Scorer(stream, tables, log)
-    n_targets = scorer.n_targets
-    chunk = ecfg.ttt_chunk_tokens
-    plans = split_plan(sliding_plan(n_targets, window, min(ecfg.stride, window)), chunk, n_targets)
-    m = copy.deepcopy(model).to(device)
-    opt = make_sgd(m, ecfg)
-    it = range(len(plans))
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="eval ttt-sgd", unit="chunk", leave=False, disable=None)
-    for c in it:
-        score_plan(m, scorer, rank_slice(plans[c], rank, world), ecfg.batch_seqs, doc_isolated, autocast_dtype)
+def run_ttt_sgd(ctx: EvalContext) -> dict:
+    e, scorer = ctx.cfg.eval, ctx.scorer
+    n_targets, chunk, w = scorer.n_targets, e.ttt_chunk_tokens, ctx.window
+    plans = split_plan(sliding_plan(n_targets, w, min(e.stride, w)), chunk, n_targets)
+    m = copy.deepcopy(ctx.model).to(ctx.device)
+    opt = make_sgd(m, e)
+    chunks = range(len(plans))
+    for c in (bar(chunks, desc="eval ttt-sgd", unit="chunk") if ctx.progress else chunks):
+        score_windows(m, scorer, rank_share(plans[c], ctx.rank, ctx.world), e.batch_seqs, e.doc_isolated,
+                      ctx.autocast_dtype)
         if c == len(plans) - 1:
             break
         lo, hi = c * chunk, min((c + 1) * chunk, n_targets)
-        train_range(m, opt, stream, lo, hi, window, ecfg, cosine_lr(ecfg.ttt_lr, c, len(plans)),
-                    rank, world, autocast_dtype, log, doc_isolated)
-    out = scorer.result()
-    out["chunks"] = len(plans)
-    return out
+        train_range(m, opt, ctx.stream, lo, hi, w, e, cosine_lr(e.ttt_lr, c, len(plans)), ctx.rank, ctx.world,
+                    ctx.autocast_dtype, e.doc_isolated)
+    return {"chunks": len(plans)}
+
+
+def check_freeze(cfg: Config) -> None:
+    need(cfg.eval.ttt_freeze_blocks <= cfg.model.num_layers, "eval.ttt_freeze_blocks",
+         f"must be <= model.num_layers={cfg.model.num_layers}, got {cfg.eval.ttt_freeze_blocks}")
+
+
+def check_ttt_sgd(cfg: Config) -> None:
+    check_stride(cfg)
+    check_freeze(cfg)
+
+
+TTT_SGD = Method("ttt-sgd", run_ttt_sgd, lambda cfg: "stream",
+                 "score-first chunked TTT of the whole model with SGD", check=check_ttt_sgd)

@@ -166,8 +166,10 @@ class GPT(nn.Module):
         return self.head_input_probe(rms_norm(x))
 
     def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.tok_emb.weight if self.lm_head is None else None
-        logits = F.linear(h, w.to(h.dtype)) if w is not None else self.lm_head(h)
+        if self.lm_head is None:  # tied: the embedding is the head
+            logits = F.linear(h, self.tok_emb.weight.to(h.dtype))
+        else:
+            logits = self.lm_head(h)
         logits = logits.float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits

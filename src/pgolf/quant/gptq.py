@@ -9,15 +9,13 @@ come from the clip rule on the original W, so GPTQ and round-to-nearest share th
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from pgolf.config import QuantConfig
 from pgolf.quant.quantizers import plan_tensor, qmax_for, row_clip, scale_from_clip
-
-if TYPE_CHECKING:
-    from pgolf.config import QuantConfig
 
 
 def gptq_quantize(w: Tensor, H: Tensor, bits: int, clip: str = "percentile", clip_value: float = 99.99984,
@@ -172,7 +170,7 @@ def self_generated_batches(model: nn.Module, n: int, seq_len: int, temperature: 
     return out
 
 
-def hessian_targets(model: nn.Module, cfg: "QuantConfig", probe: str = "head_input_probe",
+def hessian_targets(model: nn.Module, cfg: QuantConfig, probe: str = "head_input_probe",
                     embed_weight: str = "tok_emb.weight") -> dict[str, str]:
     """module name -> weight name for every weight the plan quantizes with GPTQ.
 
@@ -194,5 +192,3 @@ def hessian_targets(model: nn.Module, cfg: "QuantConfig", probe: str = "head_inp
             targets[probe] = embed_weight
     return targets
 
-
-gptq_module_names = hessian_targets  # name used by quant/pack.py

@@ -1,28 +1,13 @@
-"""`pgolf sweep`, `pgolf compare`, `pgolf submit`: seeds, side-by-side reports, record folders."""
+"""`pgolf sweep`, `pgolf compare`, `pgolf submit` (arguments and human output; the work is in
+pgolf.pipeline.reports)."""
 from __future__ import annotations
 
-import argparse
+from pgolf.cli import add_config_flags, add_json_flag, add_progress_flag, command
 
-from pgolf.cli import add_config_flags, add_json_flag
-from pgolf.errors import InputError
-
-
-def cmd_sweep(args: argparse.Namespace):
-    from pgolf.config import load_config
-    from pgolf.submit import sweep
-
-    seeds = sweep.parse_seeds(args.seeds)
-    if args.emit_torchrun is not None:
-        load_config(args.recipe, args.overrides + args.toggle)  # validate before printing launches
-        specs = sweep.plan_sweep(seeds, args.out, args.overrides, args.toggle)
-        return {"commands": sweep.torchrun_commands(specs, args.recipe, args.data, args.emit_torchrun, args.tokenizer)}
-    result = sweep.run_sweep(args.recipe, seeds, args.out, args.data, args.overrides, args.toggle,
-                             in_process=args.in_process, rerun=args.rerun, progress=args.progress,
-                             tokenizer=args.tokenizer)
-    return result, (1 if result.get("failed") else 0)
+R = "pgolf.pipeline.reports"
 
 
-def _human_sweep(r: dict) -> str:
+def human_sweep(r: dict) -> str:
     if "commands" in r:
         return "\n".join(r["commands"])
     lines = []
@@ -45,30 +30,14 @@ def _human_sweep(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_compare(args: argparse.Namespace) -> dict:
-    from pgolf.submit.report import compare_runs
-
-    return compare_runs(args.runs, args.out)
-
-
-def _human_compare(r: dict) -> str:
+def human_compare(r: dict) -> str:
     return r["table"] + (f"\nwrote {r['png']}" if r.get("png") else "")
 
 
-def cmd_submit(args: argparse.Namespace) -> dict:
-    from pgolf.submit.record import write_record
-
-    if args.reference_runs and len(args.reference_runs) < 2:
-        raise InputError("--reference-runs: a Welch test needs at least 2 reference runs")
-    return write_record(args.runs, args.out, name=args.name, author=args.author, github_id=args.github_id,
-                        blurb=args.blurb, compress=args.compress, reference_bpb=args.reference_bpb,
-                        reference_runs=args.reference_runs, hardware=args.hardware, base_pr=args.base_pr,
-                        force=args.force)
-
-
-def _human_submit(r: dict) -> str:
+def human_submit(r: dict) -> str:
+    spread = f" ± {r['val_bpb_std']:.5f}" if len(r["seeds"]) > 1 else ""
     lines = [f"record '{r['name']}' -> {r['out']}",
-             f"val_bpb {r['val_bpb']:.5f} ± {r['val_bpb_std']:.5f} over seeds {r['seeds']}",
+             f"val_bpb {r['val_bpb']:.5f}{spread} over seed{'s' if len(r['seeds']) > 1 else ''} {r['seeds']}",
              f"bytes: total {r['bytes_total']:,} (code {r['bytes_code']:,})" if r.get("bytes_total") is not None
              else f"bytes: code {r['bytes_code']:,}"]
     if r.get("t_statistic") is not None:
@@ -78,27 +47,27 @@ def _human_submit(r: dict) -> str:
     return "\n".join(lines)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("sweep", help="run a recipe over seeds (and an ablation toggle); writes DIR/sweep.json")
     add_config_flags(p, recipe_required=True)
     p.add_argument("--toggle", action="append", default=[], metavar="KEY=VALUE",
                    help="ablation override: also run every seed with it into DIR/toggle/ (repeatable)")
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     p.add_argument("--data", nargs="+", help="shard dir or corpus files (passed to pgolf run)")
     p.add_argument("--tokenizer", help="SentencePiece model (passed to pgolf run)")
     p.add_argument("--out", required=True, help="sweep directory")
     p.add_argument("--emit-torchrun", type=int, metavar="N", help="print torchrun launches (N procs) instead")
     p.add_argument("--in-process", action="store_true", help="run seeds in this process, not as subprocesses")
     p.add_argument("--rerun", action="store_true", help="rerun seeds that already have a summary.json")
-    p.add_argument("--progress", action="store_true", help="show the runs' progress bars")
+    add_progress_flag(p, default=False)
     add_json_flag(p)
-    p.set_defaults(func=cmd_sweep, human=_human_sweep)
+    command(p, f"{R}:cmd_sweep", "pgolf.submit.commands:human_sweep")
 
-    p = sub.add_parser("compare", help="final metrics side by side and loss curves of several runs")
+    p = sub.add_parser("compare", help="final metrics side by side, the config fields that differ, loss curves")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", help="PNG with train loss and val bpb curves of all runs")
     add_json_flag(p)
-    p.set_defaults(func=cmd_compare, human=_human_compare)
+    command(p, f"{R}:cmd_compare", "pgolf.submit.commands:human_compare")
 
     p = sub.add_parser("submit", help="challenge-style record folder from runs of one recipe")
     p.add_argument("runs", nargs="+", help="run directories (one per seed, same recipe)")
@@ -115,4 +84,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-pr", type=int, help="PR number this record builds on")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     add_json_flag(p)
-    p.set_defaults(func=cmd_submit, human=_human_submit)
+    command(p, f"{R}:cmd_submit", "pgolf.submit.commands:human_submit")

@@ -1,9 +1,10 @@
 """Challenge-style record folder from finished runs of one recipe (one run per seed).
 
 DIR/ holds README.md (results per seed, mean/std, significance, configuration, methods,
-compliance), submission.json (the fields records use), train_seed<s>.log per seed,
-requirements.txt (pinned runtime deps of the bundle) and train_gpt.py (pgolf.submit.bundle).
-The folder is built in a temp dir next to DIR and renamed into place.
+compliance, what the counted script leaves out), submission.json (the fields records use),
+train_seed<s>.log per seed (everything the run printed, to the scored val_bpb), requirements.txt
+(exactly the bundle's third-party imports, pinned) and train_gpt.py (pgolf.submit.bundle). The folder
+is built in a temporary directory next to DIR and renamed into place.
 """
 from __future__ import annotations
 
@@ -11,31 +12,21 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from pgolf.atomic import read_json_object
-from pgolf.config import Config
+import torch
+
+from pgolf.atomic import atomic_dir
+from pgolf.config import ARTIFACT_LIMIT, Config
 from pgolf.errors import InputError
+from pgolf.model.switches import active
 from pgolf.submit import stats
-from pgolf.submit.bundle import bundle_code, requirements
-from pgolf.submit.report import LOG_FILE, Run, load_run, step_ms
+from pgolf.submit.bundle import bundle_info, requirements
+from pgolf.submit.report import Run, flatten, step_ms
 
 TRACK = "10min_16mb"
-BYTE_LIMIT = 16_000_000
 TIME_LIMIT_S = 600.0
 LOCAL_KEYS = (("train", "seed"), ("data", "path"), ("data", "tokenizer"))  # may differ between seeds
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _shared_config(run: Run) -> dict:
@@ -51,9 +42,9 @@ def check_same_recipe(runs: list[Run]) -> Config:
     """All runs must share one config except seed and data paths; returns the first run's Config."""
     if not runs:
         raise InputError("submit: give at least one run directory")
-    ref = _flatten(_shared_config(runs[0]))
+    ref = flatten(_shared_config(runs[0]))
     for r in runs[1:]:
-        other = _flatten(_shared_config(r))
+        other = flatten(_shared_config(r))
         diff = sorted(k for k in ref.keys() | other.keys() if ref.get(k) != other.get(k))
         if diff:
             shown = ", ".join(f"{k} ({ref.get(k)!r} vs {other.get(k)!r})" for k in diff[:6])
@@ -67,33 +58,28 @@ def check_same_recipe(runs: list[Run]) -> Config:
 
 def switches(cfg: Config) -> list[tuple[str, object]]:
     """Config fields that differ from pgolf's defaults (what the recipe turns on), minus local paths."""
-    base = _flatten(Config().to_dict())
-    mine = _flatten(cfg.to_dict())
+    base = flatten(Config().to_dict())
+    mine = flatten(cfg.to_dict())
     skip = {"name", "description", "data.path", "data.tokenizer", "train.seed"}
     return [(k, v) for k, v in sorted(mine.items()) if k not in skip and base.get(k) != v]
 
 
 def methods(cfg: Config) -> list[str]:
-    """One line per part of the recipe, in words."""
+    """One line per part of the recipe, in words (model switches from pgolf.model.switches)."""
     m, o, t, q, e = cfg.model, cfg.optim, cfg.train, cfg.quant, cfg.eval
     arch = (f"{m.num_layers} layers, d={m.model_dim}, {m.num_heads} heads / {m.num_kv_heads} KV heads, "
-            f"MLP {m.mlp_mult}x {m.activation}, vocab {m.vocab_size}, "
-            f"{'tied' if m.tie_embeddings else 'untied'} embeddings, logit softcap {m.logit_softcap}")
-    extras = [name for name, on in (
-        (f"XSA on last {m.xsa_last_n}", m.xsa_last_n != 0), (f"partial RoPE {m.rope_dims} dims", m.rope_dims > 0),
-        ("U-Net skips", m.unet_skips), ("gated skips", m.skip_gates), (f"SmearGate {m.smear_gate}", m.smear_gate != "none"),
-        (f"BigramHash {m.bigram_buckets}", m.bigram_buckets > 0), ("LN scale", m.ln_scale),
-        (f"value embeddings x{m.value_embed_layers}", m.value_embed_layers > 0),
-        (f"depth recurrence {m.recur_start}-{m.recur_end}", m.recur_start >= 0),
-        (f"parallel residuals from {m.parallel_from}", m.parallel_from >= 0),
-        ("attention output gate", m.attn_out_gate)) if on]
-    opt = (f"Muon (lr {o.matrix_lr}, momentum {o.muon_momentum}, NS {o.muon_ns_steps} {o.muon_ns_coeffs}"
-           f"{', MuonEq-R' if o.muon_eq_r else ''}, wd {o.muon_wd}) for matrices; Adam for embeddings "
-           f"(lr {o.embed_lr}) and scalars (lr {o.scalar_lr})")
-    avg = (f"EMA {o.ema_decay}" if o.ema_decay > 0 else f"SWA every {o.swa_every}" if o.swa_every > 0
+            f"MLP {m.mlp_mult:g}x {m.activation}, vocab {m.vocab_size:,}, "
+            f"{'tied' if m.tie_embeddings else 'untied'} embeddings, logit softcap {m.logit_softcap:g}")
+    extras = active(m)
+    opt = (f"Muon (lr {o.matrix_lr:g}, momentum {o.muon_momentum:g}, NS {o.muon_ns_steps} {o.muon_ns_coeffs}"
+           f"{', MuonEq-R' if o.muon_eq_r else ''}, wd {o.muon_wd:g}) for matrices; Adam for embeddings "
+           f"(lr {o.embed_lr:g}) and scalars (lr {o.scalar_lr:g})")
+    avg = (f"EMA {o.ema_decay:g}" if o.ema_decay > 0 else f"SWA every {o.swa_every}" if o.swa_every > 0
            else "no weight averaging")
-    train = (f"{t.batch_tokens:,} tokens/step at seq {t.seq_len}, cap {t.max_seconds:g} s / {t.max_steps:,} steps, "
-             f"warmdown {t.warmdown_iters} iters" + (f" ({t.warmdown_frac:g} of time)" if t.warmdown_frac else ""))
+    budget = f"{t.max_seconds:g} s / {t.max_steps:,} steps" if t.max_seconds > 0 else f"{t.max_steps:,} steps"
+    train = (f"{t.batch_tokens:,} tokens/step at seq {t.seq_len:,}, budget {budget}, "
+             + (f"warmdown over the last {t.warmdown_frac:.0%} of the budget" if t.warmdown_frac
+                else f"warmdown {t.warmdown_iters:,} iters"))
     bits = ", ".join(f"{g.pattern}: {g.bits}-bit {g.clip}{' GPTQ' if g.gptq else ''}" for g in q.groups)
     quant = (f"{bits}; codec {q.codec}; QAT {q.qat}" + (f"; LQER rank {q.lqer_rank}" if q.lqer_rank else "")
              + f"; code wrapper {q.code_compress}")
@@ -104,26 +90,16 @@ def methods(cfg: Config) -> list[str]:
 
 
 def _hardware(run: Run) -> str | None:
-    env = run.path / "env.json"
-    s = run.summary
-    if s.get("hardware"):
-        return str(s["hardware"])
-    if env.is_file():
-        try:
-            e = json.loads(env.read_text())
-        except json.JSONDecodeError:
-            return None
-        name = e.get("device_name") or e.get("device")
-        return f"{e.get('world_size', 1)}x {name}" if name else None
-    return None
+    if run.summary.get("hardware"):
+        return str(run.summary["hardware"])
+    e = run.env or {}
+    name = e.get("device_name") or e.get("device")
+    return f"{e.get('world_size', 1)}x {name}" if name else None
 
 
 def _audit(runs: list[Run]) -> bool | None:
     """True if every run has a passing audit.json, False if any failed, None if none/some missing."""
-    results = []
-    for r in runs:
-        d = read_json_object(r.path / "audit.json")
-        results.append(None if d is None else bool(d.get("passed", d.get("ok", False))))
+    results = [None if r.audit is None else bool(r.audit.get("passed", False)) for r in runs]
     if any(x is False for x in results):
         return False
     return True if results and all(x is True for x in results) else None
@@ -141,8 +117,6 @@ def build_submission(runs: list[Run], cfg: Config, code_len: int, *, name: str, 
                      hardware: str | None = None, base_pr: int | None = None,
                      reference_bpb: float | None = None, reference_runs: list[Run] | None = None) -> dict:
     """The submission.json dict (plus a `significance` block) for runs of one recipe."""
-    import torch
-
     summaries = [r.summary for r in runs]
     order = sorted(range(len(runs)), key=lambda i: summaries[i].get("seed", i))
     runs, summaries = [runs[i] for i in order], [summaries[i] for i in order]
@@ -169,8 +143,8 @@ def build_submission(runs: list[Run], cfg: Config, code_len: int, *, name: str, 
     if reference_runs:
         significance["welch"] = stats.welch_test(bpbs, [r.summary["val_bpb"] for r in reference_runs], tpb)
     main_test = significance.get("one_sample") or significance.get("welch")
-    subsets = [s.get("eval_subset") for s in summaries]
-    full_val = None if any(x is None for x in subsets) else all(x == "full validation split" for x in subsets)
+    fulls = [s.get("eval_full_split") for s in summaries]
+    full_val = None if any(x is None for x in fulls) else all(fulls)
     hw = hardware or next((h for h in map(_hardware, runs) if h), None)
     return {
         "author": author, "github_id": github_id, "name": name, "blurb": blurb,
@@ -182,7 +156,7 @@ def build_submission(runs: list[Run], cfg: Config, code_len: int, *, name: str, 
         "compliance": {
             "train_under_600s": _all_le([s.get("train_seconds") for s in summaries], TIME_LIMIT_S),
             "eval_under_600s": _all_le([s.get("eval_seconds") for s in summaries], TIME_LIMIT_S),
-            "artifact_under_16mb": None if bytes_total is None else bytes_total < BYTE_LIMIT,
+            "artifact_under_16mb": None if bytes_total is None else bytes_total < ARTIFACT_LIMIT,
             "audit_passed": _audit(runs),
             "full_validation": full_val,
         },
@@ -204,8 +178,10 @@ def render_readme(sub: dict, runs: list[Run], cfg: Config) -> str:
     if sub.get("blurb"):
         lines += [sub["blurb"], ""]
     who = ", ".join(x for x in (sub.get("author"), f"@{sub['github_id']}" if sub.get("github_id") else None) if x)
-    lines += [f"**val_bpb {sub['val_bpb']:.5f} ± {sub['val_bpb_std']:.5f}** (mean ± sample std over "
-              f"{len(sub['seeds'])} seeds) · track `{sub['track']}` · {sub['date']}" + (f" · {who}" if who else ""),
+    n = len(sub["seeds"])
+    headline = (f"**val_bpb {sub['val_bpb']:.5f} ± {sub['val_bpb_std']:.5f}** (mean ± sample std over {n} seeds)"
+                if n > 1 else f"**val_bpb {sub['val_bpb']:.5f}** (1 seed: no spread to report)")
+    lines += [headline + f" · track `{sub['track']}` · {sub['date']}" + (f" · {who}" if who else ""),
               "", "## Results", "",
               "| seed | val_loss | val_bpb | pre-quant bpb | artifact bytes | steps | ms/step | train s | eval s |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -215,8 +191,9 @@ def render_readme(sub: dict, runs: list[Run], cfg: Config) -> str:
                      f"{_num(s.get('val_bpb_prequant'), '.5f')} | {_num(res['artifact_bytes'], ',')} | "
                      f"{_num(res['steps'], ',')} | {_num(res['step_avg_ms'], '.1f')} | "
                      f"{_num(s.get('train_seconds'), '.1f')} | {_num(res['eval_time_s'], '.1f')} |")
-    lines.append(f"| **mean** | {_num(sub['val_loss'], '.5f')} | **{sub['val_bpb']:.5f}** | | | | | | |")
-    lines.append(f"| std | | {sub['val_bpb_std']:.5f} | | | | | | |")
+    if n > 1:
+        lines.append(f"| **mean** | {_num(sub['val_loss'], '.5f')} | **{sub['val_bpb']:.5f}** | | | | | | |")
+        lines.append(f"| std | | {sub['val_bpb_std']:.5f} | | | | | | |")
     sig = sub["significance"]
     lines += ["", "## Significance", "",
               f"Record threshold 0.005 nats/token = {sig['threshold_bpb']:.5f} bpb at this tokenizer "
@@ -245,67 +222,77 @@ def render_readme(sub: dict, runs: list[Run], cfg: Config) -> str:
               f"- Artifact under 16,000,000 bytes: {flag[c['artifact_under_16mb']]} "
               f"({_num(sub['bytes_total'], ',')} bytes total, code {sub['bytes_code']:,})",
               f"- Legality audit (`pgolf audit`) passed: {flag[c['audit_passed']]}",
-              f"- Scored on the full validation split: {flag[c['full_validation']]}",
+              f"- Scored on the whole validation split of the run's data: {flag[c['full_validation']]}",
               f"- Hardware: {sub.get('hardware') or 'unknown'}; PyTorch {sub['pytorch_version']}",
               "", "## Reproduce", "", "```",
               "pip install -r requirements.txt"]
+    launch = reproduce_command(runs)
     for seed in sub["seeds"]:
-        lines.append(f"torchrun --standalone --nproc_per_node=8 train_gpt.py --data DATA_DIR "
-                     f"--set train.seed={seed} --out runs/seed_{seed}")
-    lines += ["```", "", "`train_gpt.py` is self-contained (generated by pgolf's bundler); "
-              "`train_seed<S>.log` are the training logs."]
+        lines.append(f"{launch} train_gpt.py --data DATA_DIR --tokenizer TOKENIZER --set train.seed={seed} "
+                     f"--out runs/seed_{seed}")
+    lines += ["```", "", "`train_gpt.py` is self-contained (generated by pgolf's bundler from the recipe's code "
+              "path): it trains, quantizes and packs, reloads the artifact and scores it with the recipe's "
+              f"eval method ({cfg.eval.method}). It leaves out what the score does not need: the legality "
+              "audit, plots, checkpoints and resume, corpus building, the dataset downloader and the CLI "
+              "(all in pgolf itself). `train_seed<S>.log` holds everything each run printed, through the "
+              "scored val_bpb, the artifact bytes and the eval time."]
     return "\n".join(lines) + "\n"
 
 
-def write_record(run_paths: list[str], out: str | os.PathLike, *, name: str | None = None,
+def reproduce_command(runs: list[Run]) -> str:
+    """torchrun with the runs' GPU count, or plain python for CPU runs."""
+    env = runs[0].env or {}
+    world = int(env.get("world_size") or runs[0].summary.get("world_size") or 1)
+    on_gpu = str(env.get("device", runs[0].summary.get("device", ""))).startswith("cuda")
+    if on_gpu or world > 1:
+        return f"torchrun --standalone --nproc_per_node={world}"
+    return "python"
+
+
+def check_runs(runs: list[Run]) -> None:
+    """Each run must have a post-quant score of the artifact that is on disk now."""
+    for r in runs:
+        s = r.summary
+        if s.get("eval_source") != "artifact" or not isinstance(s.get("val_bpb"), (int, float)):
+            raise InputError(f"{r.path}: summary.json has no post-quant score of the artifact (run `pgolf eval "
+                             f"{r.path} --record` on the packed artifact first)")
+        if r.artifact_sha256 is None:
+            raise InputError(f"{r.path}: no artifact.pgolf (pack the run first)")
+        if s.get("artifact_sha256") != r.artifact_sha256:
+            raise InputError(f"{r.path}: summary.json describes another artifact (sha256 "
+                             f"{str(s.get('artifact_sha256'))[:12]}... vs {r.artifact_sha256[:12]}... on disk); "
+                             "re-evaluate the run with `pgolf eval RUN --record`")
+        if r.log is None or not r.log.is_file():
+            raise InputError(f"{r.path}: no train.log (a record ships the training log of every seed)")
+
+
+def write_record(runs: list[Run], out: str | os.PathLike, *, name: str | None = None,
                  author: str | None = None, github_id: str | None = None, blurb: str = "",
                  compress: str | None = None, reference_bpb: float | None = None,
-                 reference_runs: list[str] | None = None, hardware: str | None = None,
+                 reference_runs: list[Run] | None = None, hardware: str | None = None,
                  base_pr: int | None = None, date: str | None = None, force: bool = False) -> dict:
-    """Build the record folder at `out`. Returns submission.json's dict plus `out` and `files`."""
+    """Build the record folder at `out` from loaded runs. Returns submission.json's dict plus `out`
+    and `files`."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise InputError(f"{out}: exists and is not empty (pass --force to replace it)")
-    runs = [load_run(p) for p in run_paths]
     cfg = check_same_recipe(runs)
-    refs = [load_run(p) for p in reference_runs or []]
-    logs = []
-    for r in runs:
-        log = r.path / LOG_FILE
-        if not log.is_file():
-            raise InputError(f"{log}: not found (a record ships the training log of every seed)")
-        logs.append((r.summary.get("seed"), log))
+    check_runs(runs)
     compress = compress or cfg.quant.code_compress
-    code = bundle_code(cfg, compress)
-    code_len = len(code.encode("utf-8"))
-    sub = build_submission(runs, cfg, code_len, name=name or cfg.name, author=author, github_id=github_id,
+    info = bundle_info(cfg, compress)
+    sub = build_submission(runs, cfg, info.code_bytes, name=name or cfg.name, author=author, github_id=github_id,
                            blurb=blurb, date=date, hardware=hardware, base_pr=base_pr,
-                           reference_bpb=reference_bpb, reference_runs=refs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "train_gpt.py").write_text(code, encoding="utf-8")
+                           reference_bpb=reference_bpb, reference_runs=reference_runs or [])
+    with atomic_dir(out) as tmp:
+        (tmp / "train_gpt.py").write_bytes(info.data())
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
         (tmp / "README.md").write_text(render_readme(sub, runs, cfg))
-        (tmp / "requirements.txt").write_text("\n".join(requirements()) + "\n")
-        for seed, log in logs:
-            shutil.copyfile(log, tmp / f"train_seed{seed}.log")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "requirements.txt").write_text("\n".join(requirements(info)) + "\n")
+        for r in runs:
+            shutil.copyfile(r.log, tmp / f"train_seed{r.summary.get('seed')}.log")
     warnings = []
     if len(runs) < 3:
-        warnings.append(f"only {len(runs)} seed(s): records show at least 3")
+        warnings.append(f"only {len(runs)} seed{'s' if len(runs) != 1 else ''}: records show at least 3")
     for key, ok in sub["compliance"].items():
         if ok is False:
             warnings.append(f"compliance: {key} is false")

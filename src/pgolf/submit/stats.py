@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from scipy import stats as st
+
 from pgolf.errors import InputError
 
 RECORD_THRESHOLD_NATS = 0.005  # nats/token a record must gain over the previous one
@@ -81,8 +83,6 @@ def _check_runs(values: Sequence[float], what: str, minimum: int = 2) -> list[fl
 def one_sample_test(bpbs: Sequence[float], reference_bpb: float, tpb: float,
                     threshold_nats: float = RECORD_THRESHOLD_NATS, alpha: float = SIGNIFICANCE_LEVEL) -> dict:
     """One-sided one-sample t-test, H1: mean(bpbs) < reference_bpb - threshold (in bpb)."""
-    from scipy import stats as st
-
     xs = _check_runs(bpbs, "one-sample test")
     thr = threshold_bpb(tpb, threshold_nats)
     target = float(reference_bpb) - thr
@@ -102,8 +102,6 @@ def welch_test(ours: Sequence[float], theirs: Sequence[float], tpb: float | None
     With `tpb` the record threshold is also reported (and `beats_threshold` says whether the
     mean gain reaches it); the p value itself is the plain Welch test of the two samples.
     """
-    from scipy import stats as st
-
     a = _check_runs(ours, "Welch test (ours)")
     b = _check_runs(theirs, "Welch test (reference runs)")
     res = st.ttest_ind(a, b, equal_var=False, alternative="less")

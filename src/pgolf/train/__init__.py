@@ -1,4 +1,4 @@
-"""pgolf.train: the training loop (trainer), torchrun set-up (dist), checkpoints and run logs.
+"""pgolf.train: the training loop (trainer) and resumable checkpoints (checkpoint).
 
-Entry point: `pgolf.train.trainer.train(cfg, data_dir, out_dir, resume=False, progress=True)`.
+Entry point: `pgolf.train.trainer.train(cfg, data, outputs, proc)`; the pipeline chooses the paths.
 """

@@ -1,7 +1,8 @@
 """Training checkpoints without pickle: safetensors for tensors, JSON for everything else.
 
-Layout of RUN/checkpoint/ (the whole directory is staged in RUN/checkpoint.tmp/ and renamed into
-place, with state.json written last, so a crash never leaves a half-written checkpoint):
+Layout of a checkpoint directory CKPT (staged in CKPT.tmp/ and renamed into place, with state.json
+written last, so a crash never leaves a half-written checkpoint; the previous one survives as CKPT.old
+until the swap is done):
   state.json            step, elapsed time, flags, JSON parts of optimizer/loader states (rank 0)
   model.safetensors     model weights
   optim.safetensors     optimizer state tensors, flattened to "opt{i}.state.{param}.{key}"
@@ -19,19 +20,19 @@ import random
 import shutil
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pgolf.errors import InputError
-from pgolf.model.io import atomic_write_text, load_tensors, save_tensors
+from pgolf.errors import InputError, WorkError
+from pgolf.atomic import atomic_write_text
+from pgolf.logs import log
+from pgolf.model.weights import check_state, load_tensors, save_tensors
+from pgolf.runtime import barrier
 
-CKPT_DIR = "checkpoint"
-TMP_DIR = "checkpoint.tmp"
-OLD_DIR = "checkpoint.old"
 STATE_FILE = "state.json"
 FORMAT = "pgolf-checkpoint-1"
 
@@ -158,13 +159,17 @@ class Checkpoint:
     rng_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def save_checkpoint(run_dir: str | Path, *, rank: int, world_size: int, meta: dict,
+def _siblings(ckpt: Path) -> tuple[Path, Path]:
+    return ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")
+
+
+def save_checkpoint(ckpt_dir: str | Path, *, rank: int, world_size: int, meta: dict,
                     model_state: dict[str, torch.Tensor], optimizers: list[torch.optim.Optimizer],
                     averager_state: dict[str, torch.Tensor] | None, loader_state: Any,
                     device: torch.device, barrier=lambda: None) -> Path:
-    """Write RUN/checkpoint atomically. Every rank calls this; `barrier` synchronizes them."""
-    run_dir = Path(run_dir)
-    tmp, final, old = run_dir / TMP_DIR, run_dir / CKPT_DIR, run_dir / OLD_DIR
+    """Write the checkpoint directory atomically. Every rank calls this; `barrier` synchronizes them."""
+    final = Path(ckpt_dir)
+    tmp, old = _siblings(final)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -200,19 +205,19 @@ def save_checkpoint(run_dir: str | Path, *, rank: int, world_size: int, meta: di
     return final
 
 
-def find_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint directory in RUN, or None."""
-    run_dir = Path(run_dir)
-    for name in (CKPT_DIR, OLD_DIR):
-        if (run_dir / name / STATE_FILE).is_file():
-            return run_dir / name
+def find_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint: CKPT, or CKPT.old when a swap was interrupted; None if neither."""
+    final = Path(ckpt_dir)
+    for path in (final, _siblings(final)[1]):
+        if (path / STATE_FILE).is_file():
+            return path
     return None
 
 
-def load_checkpoint(run_dir: str | Path, rank: int, world_size: int) -> Checkpoint:
-    path = find_checkpoint(run_dir)
+def load_checkpoint(ckpt_dir: str | Path, rank: int, world_size: int) -> Checkpoint:
+    path = find_checkpoint(ckpt_dir)
     if path is None:
-        raise InputError(f"{run_dir}: no checkpoint to resume from (expected {CKPT_DIR}/{STATE_FILE})")
+        raise InputError(f"{ckpt_dir}: no checkpoint to resume from (expected {STATE_FILE} in it)")
     try:
         meta = json.loads((path / STATE_FILE).read_text())
         rank_js = json.loads((path / f"rank{rank}.json").read_text())
@@ -233,3 +238,72 @@ def load_checkpoint(run_dir: str | Path, rank: int, world_size: int) -> Checkpoi
     return Checkpoint(path=path, meta=meta, model=load_tensors(path / "model.safetensors"), optimizers=optimizers,
                       averager=averager, loader=unflatten_state(rank_js["loader"], rank_tensors),
                       rng_json=rank_js["rng"], rng_tensors=rng_tensors)
+
+
+class TrainingInterrupted(WorkError):
+    """Stopped early (signal or --stop-after) after writing a checkpoint; resume to continue."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class Checkpointer:
+    """Resumable training for a Trainer: writes and restores its checkpoint directory, periodically
+    (train.checkpoint_every), at the end, and when SIGTERM/SIGINT or `stop_after` steps stop the run at
+    a step boundary. The trainer runs without one when nothing needs resuming (a record's train_gpt.py).
+    stop_after: a pre-emption drill; the schedule still follows max_steps / max_seconds."""
+
+    def __init__(self, ckpt_dir: str | Path, stop_after: int | None = None):
+        self.path = Path(ckpt_dir)
+        self.stop = StopFlag()
+        self.stop_after = stop_after
+
+    def after_step(self, tr, stop_requested: bool) -> bool:
+        """Checkpoint when due; raise TrainingInterrupted when the run must stop. True if written."""
+        s, every = tr.state, tr.cfg.train.checkpoint_every
+        # A signal at the very last step is not an interruption: the finished checkpoint is saved.
+        interrupted = not s.finished and (stop_requested or (self.stop_after is not None and s.step >= self.stop_after))
+        periodic = every > 0 and s.step % every == 0
+        if not (interrupted or periodic or s.finished):
+            return False
+        self.save(tr)
+        if interrupted:
+            why = f"signal {self.stop.signum}" if stop_requested else f"--stop-after {self.stop_after}"
+            log.info(f"stopped at step {s.step:,} ({why}); checkpoint saved in {self.path}")
+            raise TrainingInterrupted(f"training stopped at step {s.step:,} ({why}); checkpoint saved in {self.path}, "
+                                      "rerun with --resume to continue", s.step)
+        return True
+
+    def exists(self) -> bool:
+        return find_checkpoint(self.path) is not None
+
+    def save(self, tr) -> None:
+        meta = {"loop": asdict(tr.state), "config": tr.cfg.to_dict()}
+        save_checkpoint(self.path, rank=tr.proc.rank, world_size=tr.proc.world, meta=meta,
+                        model_state=dict(tr.model.state_dict()), optimizers=tr.optimizers,
+                        averager_state=tr.averager.state_dict() if tr.averager and tr.averager.avg else None,
+                        loader_state=tr.loader.state_dict(), device=tr.device, barrier=barrier)
+
+    def load(self, tr) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Restore model, optimizers, averager, loader and loop state; returns the RNG state to restore
+        after the compile warm-up."""
+        c = load_checkpoint(self.path, tr.proc.rank, tr.proc.world)
+        old_cfg = c.meta.get("config", {})
+        if old_cfg.get("model") != tr.cfg.to_dict()["model"]:
+            raise InputError(f"{c.path}: checkpoint was trained with a different model config; "
+                             "resume with the same recipe and model.* overrides")
+        changed = sorted(f"{sec}.{k}" for sec, vals in tr.cfg.to_dict().items() if isinstance(vals, dict)
+                         for k, v in vals.items() if old_cfg.get(sec, {}).get(k) != v)
+        if changed:
+            log.info(f"resume: the config differs from the checkpoint's in {', '.join(changed)}")
+        check_state(tr.model, c.model, f"{c.path}/model.safetensors")
+        tr.model.load_state_dict(c.model)
+        for o, s in zip(tr.optimizers, c.optimizers):
+            o.load_state_dict(s)
+        if tr.averager is not None and c.averager is not None:
+            tr.averager.load_state_dict({k: v.to(tr.device) for k, v in c.averager.items()})
+        tr.loader.load_state_dict(c.loader)
+        tr.state = type(tr.state)(**c.meta["loop"])
+        log.info(f"resumed from {c.path} at step {tr.state.step:,} ({tr.state.elapsed_ms / 1000:.1f} s of training done)")
+        return c.rng_json, c.rng_tensors
