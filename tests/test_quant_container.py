@@ -1,20 +1,28 @@
 """Codecs, byte shuffle, low-bit packing and the artifact container (roundtrip + hostile input)."""
+import hashlib
 import json
 import os
 import pickle
 import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
+from pgolf.config import QuantConfig
 from pgolf.errors import InputError
+from pgolf.eval.artifact import load_artifact
+from pgolf.quant.budget import serialize
 from pgolf.quant.codecs import (CODECS, CodecError, best_codec, byte_shuffle, byte_unshuffle, compress, decompress,
                                 pack_lowbit, unpack_lowbit)
-from pgolf.quant.container import (MAGIC, parse_artifact, read_artifact, read_artifact_quantized,
-                                   serialize_artifact, write_artifact)
+from pgolf.quant.container import (MAGIC, PLAIN_CODECS, Section, Storage, framing_bytes, parse_artifact,
+                                   serialize_artifact)
 from pgolf.quant.lqer import lowrank_factors
+from pgolf.quant.pergroup import l1_order, pergroup_storage, role_of
 from pgolf.quant.quantizers import Passthrough, QuantizedTensor, quantize
+
+PREFIX = struct.Struct("<7s6sII")
 
 
 def _tensors():
@@ -27,6 +35,7 @@ def _tensors():
     qt3.lowrank = lowrank_factors(w3 - qt3.dequantize(), 2, 2)
     return {
         "blocks.0.mlp.fc.weight": QuantizedTensor(q6, s6, 6, torch.float32),
+        "blocks.1.mlp.fc.weight": QuantizedTensor(q6.flip(0), s6.flip(0), 6, torch.bfloat16),
         "blocks.0.attn.c_q.weight": qt3,
         "blocks.0.attn_scale": Passthrough(torch.randn(24, generator=g), torch.float32),
         "blocks.0.norm": Passthrough(torch.randn(24, generator=g).half(), torch.float32),
@@ -38,28 +47,38 @@ def _tensors():
 
 def test_byte_shuffle_layout_and_inverse():
     a = np.arange(6, dtype="<u2")  # bytes 00 00 01 00 02 00 ...
-    sh = byte_shuffle(a.tobytes(), 2)
-    assert sh == bytes([0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0])
+    assert byte_shuffle(a.tobytes(), 2) == bytes([0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0])
     data = os.urandom(4 * 33)
     for k in (1, 2, 4, 8):
-        assert byte_unshuffle(byte_shuffle(data[: len(data) // k * k], k), k) == data[: len(data) // k * k]
+        n = len(data) // k * k
+        assert byte_unshuffle(byte_shuffle(data[:n], k), k) == data[:n]
 
 
-def test_codecs_roundtrip_best_and_caps():
-    data = os.urandom(2000) + bytes(50_000)
-    sizes = {}
-    for c in CODECS:
-        blob = compress(data, c)
-        sizes[c] = len(blob)
-        assert decompress(blob, c, len(data)) == data
-        with pytest.raises(CodecError):
-            decompress(blob, c, len(data) - 1)  # output cap (zip-bomb guard)
-        with pytest.raises(CodecError):
-            decompress(blob[: len(blob) // 2], c, len(data))  # truncated
-    name, blob = best_codec(data)
-    assert len(blob) == min(sizes.values()) and sizes[name] == len(blob)
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_codec_roundtrip_and_declared_size(codec):
+    data = os.urandom(2000) + bytes(3 << 20 if codec == "brotli" else 50_000)  # brotli: several output chunks
+    blob = compress(data, codec)
+    assert decompress(blob, codec, len(data)) == data
     with pytest.raises(CodecError):
+        decompress(blob, codec, len(data) - 1)  # declared smaller: refused (zip-bomb guard)
+    with pytest.raises(CodecError):
+        decompress(blob, codec, len(data) + 1)  # declared larger
+    with pytest.raises(CodecError):
+        decompress(blob[: len(blob) // 2], codec, len(data))  # truncated
+
+
+def test_best_codec_and_unknown():
+    data = bytes(range(256)) * 64
+    name, blob = best_codec(data, PLAIN_CODECS)
+    assert len(blob) == min(len(compress(data, c)) for c in PLAIN_CODECS) and compress(data, name) == blob
+    with pytest.raises(CodecError, match="unknown codec"):
         compress(data, "gzip")
+
+
+def test_bomb_stops_at_the_declared_size():
+    bomb = zlib.compress(bytes(200 << 20), 9)  # 200 MB of zeros in ~200 KB
+    with pytest.raises(CodecError, match="more"):
+        decompress(bomb, "zlib", 16)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -72,115 +91,175 @@ def test_lowbit_pack_roundtrip(bits):
 def _assert_same(a, b):
     if isinstance(a, QuantizedTensor):
         assert isinstance(b, QuantizedTensor) and a.bits == b.bits and a.dtype == b.dtype
-        assert torch.equal(a.q, b.q) and torch.equal(a.scale, b.scale)
+        assert torch.equal(a.q, b.q) and torch.equal(a.scale.half(), b.scale)
         assert (a.lowrank is None) == (b.lowrank is None)
-        if a.lowrank:
-            for x, y in zip(a.lowrank, b.lowrank):
-                _assert_same(x, y)
+        for x, y in zip(a.lowrank or (), b.lowrank or ()):
+            _assert_same(x, y)
     else:
         data = a.data if isinstance(a, Passthrough) else a
         assert b.data.dtype == data.dtype and torch.equal(b.data, data)
-        assert b.dtype == (a.dtype if isinstance(a, Passthrough) else a.dtype)
+        assert b.dtype == a.dtype
 
 
-@pytest.mark.parametrize("codec", CODECS + ("auto",))
+@pytest.mark.parametrize("codec", PLAIN_CODECS)
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_container_roundtrip_bit_exact(tmp_path, codec, shuffle):
+def test_container_roundtrip_bit_exact(codec, shuffle):
     tensors = _tensors()
     cfg, meta = {"model_dim": 24, "nested": {"a": [1, 2]}}, {"seed": 1, "note": "x"}
-    p = tmp_path / "m.pgolf"
-    info = write_artifact(p, tensors, cfg, meta, codec, shuffle)
-    raw = p.read_bytes()
-    assert info["bytes"] == len(raw) and raw[:7] == MAGIC
-    import hashlib
-    assert info["sha256"] == hashlib.sha256(raw).hexdigest()
-    assert codec == "auto" or info["codec"] == codec
-    art = read_artifact_quantized(p)
-    assert art.config == cfg and art.meta == meta and art.byte_shuffle == shuffle and art.bytes == len(raw)
-    assert list(art.tensors) == list(tensors)
+    blob = serialize_artifact(tensors, cfg, meta, codec, shuffle)
+    art = parse_artifact(blob)
+    assert blob[:7] == MAGIC and art.bytes == len(blob) and art.sha256 == hashlib.sha256(blob).hexdigest()
+    assert art.config == cfg and art.meta == meta and list(art.tensors) == list(tensors)
+    assert [s["shuffle"] for s in art.sections] == [shuffle]
     for k in tensors:
         _assert_same(tensors[k], art.tensors[k])
-    sd, cfg2, meta2 = read_artifact(p)
-    assert sd["blocks.0.norm"].dtype == torch.float32
-    assert torch.equal(sd["blocks.0.mlp.fc.weight"], tensors["blocks.0.mlp.fc.weight"].dequantize())
-    assert torch.equal(sd["blocks.0.attn.c_q.weight"], tensors["blocks.0.attn.c_q.weight"].dequantize())
-    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+    assert torch.equal(art.tensors["blocks.0.attn.c_q.weight"].dequantize(),
+                       tensors["blocks.0.attn.c_q.weight"].dequantize())
 
 
 def test_auto_codec_is_smallest():
     t = _tensors()
-    sizes = [len(serialize_artifact(t, {}, {}, c)) for c in CODECS]
-    assert len(serialize_artifact(t, {}, {}, "auto")) == min(sizes)
+    blob, _ = serialize(t, {}, {}, QuantConfig(), "auto")
+    assert len(blob) == min(len(serialize_artifact(t, {}, {}, c)) for c in PLAIN_CODECS)
+
+
+def test_sections_row_orders_and_column_major_roundtrip():
+    t = _tensors()
+    names = ["blocks.0.mlp.fc.weight", "blocks.1.mlp.fc.weight"]
+    rest = [(n, r) for n, r in [(n, r) for n in t for r in (["q", "s"] if isinstance(t[n], QuantizedTensor)
+                                                             else ["d"])] if (n, r) not in {(m, "q") for m in names}]
+    rest += [(n, r) for r in ("aq", "as", "bq", "bs") for n in ["blocks.0.attn.c_q.weight"]]
+    perm = np.random.default_rng(0).permutation(40)
+    storage = Storage([Section("brotli", True, rest + [(names[0], "p")]), Section("ppmd", False, [(n, "q") for n in names])],
+                      perms={names[0]: perm}, columns={names[0], names[1]})
+    art = parse_artifact(serialize_artifact(t, {}, {}, "brotli", True, storage))
+    for k in t:
+        _assert_same(t[k], art.tensors[k])
+    assert [s["codec"] for s in art.sections] == ["brotli", "ppmd"]
+    with pytest.raises(ValueError, match="no section"):
+        serialize_artifact(t, {}, {}, "brotli", True, Storage([Section("brotli", True, rest)]))
+
+
+def test_pergroup_groups_roles_and_roundtrips():
+    t = _tensors()
+    memo: dict = {}
+    storage, report = pergroup_storage(t, ("brotli", "ppmd", "zpaq"), ("mlp.*",), memo)
+    assert role_of("blocks.11.mlp.fc.weight") == "mlp.fc.weight" and role_of("tok_emb.weight") == "tok_emb.weight"
+    fc = next(r for r in report if r["group"] == "mlp.fc.weight")
+    assert fc["tensors"] == 2 and fc["sorted"] and fc["compressed_bytes"] == min(fc["candidates"].values())
+    assert not any(r["group"] == "attn.c_q.weight" for r in report)  # 3-bit values stay packed, in the remainder
+    blob = serialize_artifact(t, {}, {}, "pergroup", True, storage, memo)
+    art = parse_artifact(blob)
+    assert art.codec == "pergroup" and art.sections[0]["codec"] == "brotli"
+    for k in t:
+        _assert_same(t[k], art.tensors[k])
+
+
+def test_l1_order_is_a_nearest_neighbour_chain():
+    x = torch.tensor([[0, 0], [10, 10], [1, 0], [9, 10], [2, 1]], dtype=torch.int8)
+    assert l1_order(x).tolist() == [0, 2, 4, 3, 1]
 
 
 # ---------------------------------------------------------------------------------------------
 # hostile / broken files
 
 def _split(blob):
-    magic, cid, hlen, hraw = struct.unpack_from("<7sBII", blob)
-    header = json.loads(decompress(blob[16:16 + hlen], CODECS[cid], hraw))
-    return cid, header, blob[16 + hlen:]
+    _, hcodec, hsize, hraw = PREFIX.unpack_from(blob)
+    codec = hcodec.rstrip(b"\0").decode()
+    header = json.loads(decompress(blob[PREFIX.size:PREFIX.size + hsize], codec, hraw))
+    return codec, header, blob[PREFIX.size + hsize:]
 
 
-def _join(cid, header, payload):
+def _join(codec, header, payload, magic=MAGIC):
     h = json.dumps(header).encode()
-    hb = compress(h, CODECS[cid])
-    return struct.pack("<7sBII", MAGIC, cid, len(hb), len(h)) + hb + payload
+    hb = compress(h, codec)
+    return PREFIX.pack(magic, codec.encode(), len(hb), len(h)) + hb + payload
 
 
 def _expect(blob, words):
     with pytest.raises(InputError) as e:
         parse_artifact(blob, "bad.pgolf")
-    assert "bad.pgolf" in str(e.value)
+    assert "bad.pgolf" in str(e.value) and "not a valid pgolf artifact" in str(e.value)
     assert any(w in str(e.value) for w in words), str(e.value)
 
 
 def test_malformed_artifacts_rejected():
-    blob = serialize_artifact(_tensors(), {}, {}, "zlib")
+    blob = serialize_artifact(_tensors(), {}, {}, "zlib", True)
     _expect(b"XXXXXXX" + blob[7:], ["magic"])
-    _expect(blob[:10], ["magic"])
-    _expect(blob[:-1], ["truncated", "payload"])
-    _expect(blob + b"\0", ["payload"])
-    _expect(blob[:7] + bytes([9]) + blob[8:], ["codec"])  # unknown codec id
+    _expect(b"PGOLF1\x00" + blob[7:], ["magic"])  # the old format is refused, never guessed at
+    _expect(blob[:10], ["unpack", "buffer"])
+    _expect(blob[:-1], ["truncated"])
+    _expect(blob + b"\0", ["after the last section"])
+    _expect(blob[:7] + b"pickle" + blob[13:], ["unknown codec"])
     flipped = bytearray(blob)
     flipped[-20] ^= 0xFF
-    _expect(bytes(flipped), ["corrupt", "sha256", "payload"])
+    _expect(bytes(flipped), ["corrupt", "sha256", "truncated", "decodes"])
 
-    cid, header, payload = _split(blob)
-    # a payload byte changed and re-compressed: only the per-tensor sha256 can notice
-    raw = bytearray(decompress(payload, "zlib", header["raw_bytes"]))
-    raw[header["tensors"][0]["arrays"][0]["offset"] + 3] ^= 0x01
+    codec, header, payload = _split(blob)
+    # a payload byte changed and re-compressed: only the sha256 can notice
+    raw = bytearray(decompress(payload, "zlib", header["sections"][0]["raw"]))
+    raw[3] ^= 0x01
     tampered = compress(bytes(raw), "zlib")
-    _expect(_join(cid, dict(header, payload_bytes=len(tampered)), tampered), ["sha256"])
+    sec = dict(header["sections"][0], size=len(tampered))
+    _expect(_join(codec, dict(header, sections=[sec]), tampered), ["sha256"])
+
+    # a lone section in the default layout lists no arrays: every array, in entry order
+    assert "arrays" not in header["sections"][0]
+    def roles(e):
+        if e["kind"] != "int":
+            return ["d"]
+        return ["q", "s"] + ["p"] * bool(e.get("rows")) + ["aq", "as", "bq", "bs"] * ("lqer" in e)
+    layout = [[i, r] for i, e in enumerate(header["tensors"]) for r in roles(e)]
+    listed = parse_artifact(_join(codec, dict(header, sections=[dict(header["sections"][0], arrays=layout)]), payload))
+    assert all(torch.equal(listed.tensors[k].dequantize(), t.dequantize()) for k, t in parse_artifact(blob).tensors.items())
 
     def mutated(fn):
         h = json.loads(json.dumps(header))
+        h["sections"][0]["arrays"] = [list(a) for a in layout]
         fn(h)
-        return _join(cid, h, payload)
+        return _join(codec, h, payload)
 
-    _expect(mutated(lambda h: h["tensors"][0]["arrays"][0].update(offset=h["raw_bytes"])), ["outside"])
-    _expect(mutated(lambda h: h["tensors"][0]["arrays"][0].update(offset=-1)), ["outside"])
-    _expect(mutated(lambda h: h["tensors"][0]["arrays"][0].update(length=5)), ["length"])
-    _expect(mutated(lambda h: h["tensors"][0]["arrays"][0].update(dtype="object")), ["int8/packed"])
-    _expect(mutated(lambda h: h["tensors"][2]["arrays"][0].update(dtype="object")), ["not allowed", "cannot hold"])
-    _expect(mutated(lambda h: h.update(codec="pickle")), ["codec"])
-    _expect(mutated(lambda h: h.update(version=99)), ["version"])
-    _expect(mutated(lambda h: h.update(raw_bytes=h["raw_bytes"] - 1)), ["exceeds", "declared"])
-    _expect(mutated(lambda h: h.update(raw_bytes=1 << 40)), ["raw_bytes"])
+    def sec0(**kw):
+        return lambda h: h["sections"][0].update(**kw)
+
+    def ent0(**kw):
+        return lambda h: h["tensors"][0].update(**kw)
+
+    _expect(mutated(sec0(raw=header["sections"][0]["raw"] - 1)), ["more"])
+    _expect(mutated(sec0(raw=1 << 40)), ["raw size"])
+    _expect(mutated(sec0(size=-1)), ["size"])
+    _expect(mutated(sec0(codec="pickle")), ["unknown codec"])
+    _expect(mutated(lambda h: h["sections"][0]["arrays"].append([0, "q"])), ["twice"])
+    _expect(mutated(lambda h: h["sections"][0]["arrays"].pop(-2)), ["beyond its arrays"])
+    _expect(mutated(lambda h: h["sections"][0]["arrays"].__setitem__(0, [0, "zz"])), ["zz"])
+    _expect(mutated(lambda h: h["sections"][0]["arrays"].__setitem__(0, [99, "q"])), ["index"])
+    _expect(mutated(ent0(kind="pickle")), ["kind"])
+    _expect(mutated(ent0(bits=9)), ["bits"])
+    _expect(mutated(ent0(shape=[40, -24])), ["bad tensor entry"])
+    _expect(mutated(ent0(dtype="object")), ["object"])
+    _expect(mutated(ent0(rows=1)), ["missing arrays"])
+    _expect(mutated(lambda h: h["tensors"][6].update(stored="float32")), ["cannot hold"])
     _expect(mutated(lambda h: h["tensors"].append(dict(h["tensors"][0]))), ["duplicate"])
-    _expect(mutated(lambda h: h["tensors"][0].update(scheme="pickle")), ["scheme"])
-    _expect(mutated(lambda h: h["tensors"][0].update(bits=9)), ["bits"])
-    _expect(mutated(lambda h: h.pop("tensors")), ["tensors"])
+    _expect(mutated(lambda h: h.pop("tensors")), ["missing field 'tensors'"])
+    _expect(mutated(lambda h: h.update(version=1)), ["version"])
+    _expect(mutated(lambda h: h.update(meta=[1])), ["JSON objects"])
     hjson = b"{not json"
     hb = compress(hjson, "zlib")
-    _expect(struct.pack("<7sBII", MAGIC, cid, len(hb), len(hjson)) + hb + payload, ["header"])
+    _expect(PREFIX.pack(MAGIC, b"zlib", len(hb), len(hjson)) + hb + payload, ["Expecting"])
 
 
-def test_zip_bomb_payload_rejected():
-    cid, header, _ = _split(serialize_artifact({"x": torch.zeros(4)}, {}, {}, "zlib"))
-    bomb = compress(bytes(50 << 20), "zlib")  # 50 MB of zeros, header declares 16 bytes
-    header["payload_bytes"] = len(bomb)
-    _expect(_join(cid, header, bomb), ["exceeds"])
+def test_a_stored_row_order_must_be_a_permutation():
+    t = {"blocks.0.mlp.fc.weight": _tensors()["blocks.0.mlp.fc.weight"]}
+    bad = np.zeros(40, dtype=np.int64)  # every row from row 0: not a permutation
+    storage = Storage([Section("zlib", False, [("blocks.0.mlp.fc.weight", r) for r in ("q", "s", "p")])],
+                      perms={"blocks.0.mlp.fc.weight": bad})
+    _expect(serialize_artifact(t, {}, {}, "zlib", False, storage), ["not a permutation"])
+
+
+def test_framing_is_the_prefix_and_header():
+    blob = serialize_artifact(_tensors(), {}, {}, "brotli", True)
+    codec, header, payload = _split(blob)
+    assert framing_bytes(blob) == len(blob) - len(payload) == len(blob) - sum(s["size"] for s in header["sections"])
 
 
 class _Evil:
@@ -197,13 +276,12 @@ def test_pickle_payload_is_never_executed(tmp_path):
     pkl.write_bytes(pickle.dumps({"w": _Evil(str(marker))}))
     pt = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(2), "evil": _Evil(str(marker))}, pt)
-    # a pickle smuggled behind a valid magic is still not unpickled
-    smuggled = tmp_path / "smuggled.pgolf"
+    smuggled = tmp_path / "smuggled.pgolf"  # a pickle behind a valid magic is still not unpickled
     smuggled.write_bytes(MAGIC + pickle.dumps(_Evil(str(marker))))
     for p in (pkl, pt, smuggled):
         with pytest.raises(InputError) as e:
-            read_artifact(p)
+            load_artifact(p)
         assert str(p) in str(e.value)
     assert not marker.exists()
     with pytest.raises(InputError):
-        read_artifact(tmp_path / "missing.pgolf")
+        load_artifact(tmp_path / "missing.pgolf")

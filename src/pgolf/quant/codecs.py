@@ -1,136 +1,139 @@
-"""Lossless codecs for the artifact payload, byte shuffling, and low-bit packing.
+"""Lossless codecs for artifact sections, byte shuffling, and low-bit packing.
 
-Every decompressor takes a hard output cap (zip-bomb guard): it stops and raises as soon as the
-output would exceed `max_size`, without materializing more than about one extra chunk.
+CODECS is the one registry: name -> Codec(compress, decompress). Every decompressor is told the exact
+size the section declares and stops once output would pass it (a zip-bomb guard), except zpaq, whose
+Python binding has no output limit (its output is checked after the fact; see docs/artifact.md).
+Measured choices are in docs/benchmarks.md ("Codecs").
 """
 from __future__ import annotations
 
 import lzma
 import zlib
+from dataclasses import dataclass
+from typing import Callable
 
+import brotli
 import numpy as np
+import pyppmd
+import zpaq
+import zstandard
 
-CODECS = ("zlib", "zstd", "lzma", "brotli")
 _CHUNK = 1 << 20
+PPMD_ORDER, PPMD_MEM = 2, 16 << 20  # order 2 measured best on int6 rows (order 3+ dilutes the statistics)
 
 
 class CodecError(ValueError):
     """Corrupt or oversized compressed data (callers wrap it into an InputError naming the file)."""
 
 
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes, int], bytes]  # (blob, declared size) -> at most size + 1 bytes
+
+
+def _zlib_d(blob: bytes, size: int) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(blob, size + 1)
+    if len(out) <= size and (not d.eof or d.unused_data):
+        raise CodecError("zlib stream is truncated or has trailing data")
+    return out
+
+
+def _xz_d(blob: bytes, size: int) -> bytes:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    out = d.decompress(blob, max_length=size + 1)
+    if len(out) <= size and (not d.eof or d.unused_data):
+        raise CodecError("xz stream is truncated or has trailing data")
+    return out
+
+
+def _zstd_d(blob: bytes, size: int) -> bytes:
+    with zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False) as r:
+        out = r.read(size + 1)
+        if len(out) <= size and r.read(1):
+            raise CodecError("zstd stream has trailing data")
+    return out
+
+
+def _brotli_d(blob: bytes, size: int) -> bytes:
+    d = brotli.Decompressor()
+    parts = [d.process(blob, output_buffer_limit=_CHUNK)]
+    total = len(parts[0])
+    while total <= size and not d.is_finished():
+        parts.append(d.process(b"", output_buffer_limit=_CHUNK))
+        if not parts[-1]:  # wants more input than the stream holds
+            raise CodecError("brotli stream is truncated")
+        total += len(parts[-1])
+    return b"".join(parts)
+
+
+def _ppmd_c(data: bytes) -> bytes:
+    enc = pyppmd.Ppmd8Encoder(PPMD_ORDER, PPMD_MEM)
+    return enc.encode(data) + enc.flush(endmark=True)
+
+
+def _ppmd_d(blob: bytes, size: int) -> bytes:
+    d = pyppmd.Ppmd8Decoder(PPMD_ORDER, PPMD_MEM)
+    out = d.decode(blob, size + 1)
+    if len(out) <= size and not d.eof:
+        raise CodecError("ppmd stream is truncated")
+    return out
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (
+    Codec("zlib", lambda d: zlib.compress(d, 9), _zlib_d),
+    Codec("zstd", lambda d: zstandard.ZstdCompressor(level=22).compress(d), _zstd_d),
+    Codec("lzma", lambda d: lzma.compress(d, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME), _xz_d),
+    Codec("brotli", lambda d: brotli.compress(d, quality=11, lgwin=24), _brotli_d),
+    Codec("ppmd", _ppmd_c, _ppmd_d),
+    Codec("zpaq", lambda d: zpaq.compress(d, level=5, threads=1), lambda b, size: zpaq.decompress(b)),
+)}
+
+
+def _codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r} (expected one of {', '.join(CODECS)})")
+    return CODECS[name]
+
+
 def compress(data: bytes, codec: str) -> bytes:
-    """zlib-9, zstd-22, lzma preset 9|EXTREME, brotli-11."""
-    if codec == "zlib":
-        return zlib.compress(data, 9)
-    if codec == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor(level=22).compress(data)
-    if codec == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
-    if codec == "brotli":
-        import brotli
-
-        return brotli.compress(data, quality=11)
-    raise CodecError(f"unknown codec '{codec}' (expected one of {', '.join(CODECS)})")
+    return _codec(codec).compress(bytes(data))
 
 
-def _too_big(max_size: int) -> CodecError:
-    return CodecError(f"decompressed data exceeds the declared size {max_size} bytes")
-
-
-def decompress(blob: bytes, codec: str, max_size: int) -> bytes:
-    """Decompress at most max_size bytes; more output, trailing garbage or corruption -> CodecError."""
+def decompress(blob: bytes, codec: str, size: int) -> bytes:
+    """Exactly `size` bytes, or CodecError (corrupt, truncated, larger or smaller than declared)."""
+    c = _codec(codec)
     try:
-        if codec == "zlib":
-            d = zlib.decompressobj()
-            out = d.decompress(blob, max_size + 1)
-            if len(out) > max_size or d.unconsumed_tail:
-                raise _too_big(max_size)
-            if not d.eof or d.unused_data:
-                raise CodecError("zlib stream is truncated or has trailing data")
-            return out
-        if codec == "lzma":
-            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-            out = d.decompress(blob, max_length=max_size + 1)
-            if len(out) > max_size:
-                raise _too_big(max_size)
-            if not d.eof or d.unused_data:
-                raise CodecError("xz stream is truncated or has trailing data")
-            return out
-        if codec == "zstd":
-            import zstandard
-
-            with zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False) as r:
-                out = r.read(max_size + 1)
-                extra = r.read(1)
-            if len(out) > max_size:
-                raise _too_big(max_size)
-            if extra:
-                raise CodecError("zstd stream has trailing data")
-            declared = zstandard.get_frame_parameters(blob).content_size
-            if declared != zstandard.CONTENTSIZE_UNKNOWN and declared != len(out):
-                raise CodecError("zstd stream is truncated")
-            return out
-        if codec == "brotli":
-            return _brotli_decompress(blob, max_size)
+        out = c.decompress(bytes(blob), size)
     except CodecError:
         raise
     except Exception as e:  # each library raises its own error type for corrupt input
         raise CodecError(f"{codec} data is corrupt: {e}") from None
-    raise CodecError(f"unknown codec '{codec}' (expected one of {', '.join(CODECS)})")
+    if len(out) != size:
+        raise CodecError(f"{codec} data decodes to {'more' if len(out) > size else len(out)} bytes, "
+                         f"the header declares {size}")
+    return out
 
 
-def _brotli_decompress(blob: bytes, max_size: int) -> bytes:
-    import brotli
-
-    d = brotli.Decompressor()
-    try:
-        first = d.process(blob, output_buffer_limit=_CHUNK)
-    except TypeError:  # brotli < 1.2 has no output limit: one shot (it rejects truncated input itself)
-        out = brotli.decompress(blob)
-        if len(out) > max_size:
-            raise _too_big(max_size) from None
-        return out
-    parts, total = [first], len(first)
-    while total <= max_size and not d.is_finished() and not d.can_accept_more_data():
-        parts.append(d.process(b"", output_buffer_limit=_CHUNK))
-        total += len(parts[-1])
-    if total > max_size:
-        raise _too_big(max_size)
-    if not d.is_finished():
-        raise CodecError("brotli stream is truncated")
-    return b"".join(parts)
+def best_codec(data: bytes, codecs: tuple[str, ...] | list[str]) -> tuple[str, bytes]:
+    """Compress with every codec; the smallest (ties: first in `codecs`)."""
+    blobs = [(name, compress(data, name)) for name in codecs]
+    return min(blobs, key=lambda x: len(x[1]))
 
 
 def byte_shuffle(data: bytes, itemsize: int) -> bytes:
     """Group byte j of every element together (j = 0..itemsize-1); helps codecs on float arrays."""
     if itemsize <= 1 or len(data) == 0:
         return bytes(data)
-    if len(data) % itemsize:
-        raise ValueError(f"byte_shuffle: {len(data)} bytes is not a multiple of itemsize {itemsize}")
-    a = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
-    return a.T.tobytes()
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize).T.tobytes()
 
 
 def byte_unshuffle(data: bytes, itemsize: int) -> bytes:
     if itemsize <= 1 or len(data) == 0:
         return bytes(data)
-    if len(data) % itemsize:
-        raise ValueError(f"byte_unshuffle: {len(data)} bytes is not a multiple of itemsize {itemsize}")
-    a = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
-    return a.T.tobytes()
-
-
-def best_codec(data: bytes, codecs: tuple[str, ...] = CODECS) -> tuple[str, bytes]:
-    """Compress with every codec; return the smallest (ties: first in `codecs`)."""
-    best: tuple[str, bytes] | None = None
-    for name in codecs:
-        blob = compress(data, name)
-        if best is None or len(blob) < len(best[1]):
-            best = (name, blob)
-    assert best is not None
-    return best
+    return np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,10 +155,7 @@ def pack_lowbit(q: np.ndarray, bits: int) -> np.ndarray:
         return flat.astype(np.int8).view(np.uint8)
     width = 8 // per
     u = (flat + (1 << (bits - 1))).astype(np.uint8)  # offset binary, 1..2^bits-1
-    pad = (-len(u)) % per
-    if pad:
-        u = np.concatenate([u, np.zeros(pad, np.uint8)])
-    u = u.reshape(-1, per)
+    u = np.concatenate([u, np.zeros(-len(u) % per, np.uint8)]).reshape(-1, per)
     out = np.zeros(u.shape[0], np.uint8)
     for j in range(per):
         out |= (u[:, j] << (j * width)).astype(np.uint8)
@@ -168,8 +168,7 @@ def unpack_lowbit(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     if per == 1:
         return packed.view(np.int8)[:count].copy()
     width = 8 // per
-    mask = (1 << width) - 1
-    cols = [((packed >> (j * width)) & mask) for j in range(per)]
+    cols = [(packed >> (j * width)) & ((1 << width) - 1) for j in range(per)]
     u = np.stack(cols, axis=1).reshape(-1)[:count].astype(np.int16)
     return (u - (1 << (bits - 1))).astype(np.int8)
 

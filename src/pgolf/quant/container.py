@@ -1,178 +1,203 @@
 """The artifact file: a pickle-free container of quantized tensors.
 
 Layout (little-endian):
-    magic      7 bytes  b"PGOLF1\\0"
-    codec id   u8       index into CODECS (zlib, zstd, lzma, brotli)
-    hdr_len    u32      compressed header bytes
-    hdr_raw    u32      uncompressed header bytes (<= 64 MiB)
-    header     JSON (utf-8), compressed with the codec
-    payload    every tensor array back to back, compressed as one stream with the codec
+    magic     7 bytes   b"PGOLF2\\0"
+    codec     6 bytes   the header's codec name, ASCII, NUL-padded
+    hdr_size  u32       compressed header bytes
+    hdr_raw   u32       uncompressed header bytes (<= 64 MiB)
+    header    JSON (utf-8), compressed with that codec
+    sections  one compressed stream each, back to back, in header order
 
-The header holds the format version, codec, byte_shuffle, payload sizes, the model config and
-metadata (opaque JSON from the caller) and, per tensor: name, scheme (int | fp16 | fp32 | bf16 | raw),
-bits, shape, restore dtype, sha256 of its raw array bytes, and its arrays (role, dtype, shape,
-offset, length in the uncompressed payload). int-k values are int8 for k >= 5 and packed 2 or 4 per
-byte for k <= 4 (measured smaller, see codecs.py). With byte_shuffle, each array with itemsize > 1 is
-byte-shuffled before compression.
+The header holds the model config and metadata (opaque JSON from the caller), per tensor its name,
+kind (int | fp16 | fp32 | bf16 | raw), bits, shape and restore dtype, and per section its codec, byte
+shuffle flag, sizes and the arrays it holds in order ([tensor index, role]). An array's dtype and
+length follow from its tensor's entry, so nothing in a file can ask for an arbitrary type or offset.
+Roles: q (int values: int8, or packed 2-4 per byte for <= 4 bits), s (fp16 row scales), p (int32 row
+order of q, when rows were reordered for compression), aq/as/bq/bs (LQER factors), d (float or raw
+data). An int tensor may store q column-major ("cols"). A sha256 of all array bytes guards the payload.
 
-Reading never unpickles; everything is validated and any problem raises InputError naming the file.
+Reading never unpickles; anything malformed raises InputError naming the file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Mapping, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pgolf.atomic import atomic_write_bytes
 from pgolf.errors import InputError
-from pgolf.quant.codecs import (CODECS, CodecError, byte_shuffle, byte_unshuffle, compress, decompress,
-                                pack_lowbit, packed_nbytes, unpack_lowbit)
+from pgolf.quant.codecs import CodecError, byte_unshuffle, compress, decompress, pack_lowbit, packed_nbytes, \
+    unpack_lowbit
+from pgolf.quant.codecs import byte_shuffle as shuffle_bytes
 from pgolf.quant.quantizers import Passthrough, QuantizedTensor, qmax_for
 
-MAGIC = b"PGOLF1\x00"
-VERSION = 1
-_PREFIX = struct.Struct("<7sBII")
+MAGIC = b"PGOLF2\x00"
+FORMAT = "pgolf-artifact"
+VERSION = 2
+_PREFIX = struct.Struct("<7s6sII")
 MAX_HEADER_BYTES = 64 << 20
-MAX_RAW_BYTES = 4 << 30  # zip-bomb guard on the declared payload size
+MAX_RAW_BYTES = 4 << 30  # zip-bomb guard on a section's declared size
+PLAIN_CODECS = ("zlib", "zstd", "lzma", "brotli")  # what quant.codec="auto" tries
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
     "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
     "int64": torch.int64, "bool": torch.bool,
 }
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_SCHEME_OF = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}
-PACKED = "packed"  # array dtype of low-bit packed int values
+_NAMES = {v: k for k, v in DTYPES.items()}
+FLOAT_KINDS = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
+_KIND_OF = {v: k for k, v in FLOAT_KINDS.items()}
 
 Stored = Union[QuantizedTensor, Passthrough, Tensor]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype {dtype} cannot be stored in an artifact")
-    return _DTYPE_NAMES[dtype]
+@dataclass
+class Section:
+    """One compressed stream: these (tensor name, role) arrays, in order."""
+
+    codec: str
+    shuffle: bool
+    arrays: list[tuple[str, str]]
 
 
-def _tensor_bytes(t: Tensor) -> bytes:
+@dataclass
+class Storage:
+    """How an artifact lays out its arrays (the default: one section holding everything)."""
+
+    sections: list[Section]
+    perms: dict[str, np.ndarray] = field(default_factory=dict)  # name -> row order of q as stored
+    columns: set[str] = field(default_factory=set)  # names whose q is stored column-major
+
+
+def _bytes(t: Tensor) -> bytes:
     t = t.detach().cpu().contiguous()
-    if t.numel() == 0:
-        return b""
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def _bytes_tensor(b: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
-    if len(b) == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(b), dtype=dtype).reshape(shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
-
-def _int_arrays(prefix: str, qt: QuantizedTensor) -> list[tuple[str, str, list[int], bytes, int]]:
-    """(role, dtype, shape, bytes, itemsize) for q and scale of one int tensor."""
-    q = qt.q.detach().cpu().contiguous()
-    qm = qmax_for(qt.bits)
-    if q.dtype != torch.int8 or (q.numel() and int(q.abs().max()) > qm):
-        raise ValueError(f"{prefix}q must be int8 within +-{qm} for {qt.bits} bits")
-    shape = list(q.shape)
-    if qt.bits <= 4:
-        qb = pack_lowbit(q.numpy(), qt.bits).tobytes()
-        qa = (prefix + "q", PACKED, shape, qb, 1)
-    else:
-        qa = (prefix + "q", "int8", shape, _tensor_bytes(q), 1)
-    s = qt.scale.detach().cpu().to(torch.float16).contiguous()
-    if tuple(s.shape) != (shape[0],):
-        raise ValueError(f"{prefix}scale must have shape [{shape[0]}], got {list(s.shape)}")
-    return [qa, (prefix + "scale", "float16", [shape[0]], _tensor_bytes(s), 2)]
-
-
-def _entry_arrays(name: str, t: Stored) -> tuple[dict, list[tuple[str, str, list[int], bytes, int]]]:
+def roles(t: Stored) -> list[str]:
+    """The arrays a stored tensor is written as."""
     if isinstance(t, QuantizedTensor):
-        entry = {"name": name, "scheme": "int", "bits": t.bits, "shape": list(t.q.shape),
-                 "dtype": _dtype_name(t.dtype)}
-        arrays = _int_arrays("", t)
+        return ["q", "s"] + (["aq", "as", "bq", "bs"] if t.lowrank is not None else [])
+    return ["d"]
+
+
+def _int_arrays(qt: QuantizedTensor, prefix: str = "") -> dict[str, tuple[Tensor, int]]:
+    q = qt.q.detach().cpu()
+    qm = qmax_for(qt.bits)
+    if q.dtype != torch.int8 or q.ndim != 2 or (q.numel() and int(q.abs().max()) > qm):
+        raise ValueError(f"{prefix}q must be 2-D int8 within +-{qm} for {qt.bits} bits")
+    s = qt.scale.detach().cpu().to(torch.float16)
+    if tuple(s.shape) != (q.shape[0],):
+        raise ValueError(f"{prefix}scale must have shape [{q.shape[0]}], got {list(s.shape)}")
+    return {prefix + "q": (q, qt.bits), prefix + "s": (s, 0)}
+
+
+def _entry(name: str, t: Stored, storage: Storage) -> tuple[dict, dict[str, tuple[Tensor, int]]]:
+    """(header entry, role -> (tensor as stored, bits for packing or 0))."""
+    if isinstance(t, QuantizedTensor):
+        e = {"name": name, "kind": "int", "bits": t.bits, "shape": list(t.q.shape), "dtype": _NAMES[t.dtype]}
+        arrays = _int_arrays(t)
+        q = arrays["q"][0]
+        if name in storage.perms:
+            perm = torch.as_tensor(np.asarray(storage.perms[name]), dtype=torch.int64)
+            q = q[perm]
+            arrays["p"] = (perm.to(torch.int32), 0)
+            e["rows"] = 1
+        if name in storage.columns:
+            q = q.T
+            e["cols"] = 1
+        arrays["q"] = (q.contiguous(), t.bits)
         if t.lowrank is not None:
             a, b = t.lowrank
-            if a.bits != b.bits or a.q.ndim != 2 or b.q.ndim != 2 or a.q.shape[1] != b.q.shape[0]:
-                raise ValueError(f"{name}: LQER factors must be 2-D [out,r] @ [r,in] with equal bits")
-            entry["lqer"] = {"rank": int(a.q.shape[1]), "bits": a.bits}
-            arrays += _int_arrays("lqer_a.", a) + _int_arrays("lqer_b.", b)
-        return entry, arrays
-    if isinstance(t, Passthrough):
-        data, restore = t.data, t.dtype
-    elif isinstance(t, Tensor):
-        data, restore = t, t.dtype
-    else:
-        raise TypeError(f"{name}: expected QuantizedTensor, Passthrough or Tensor, got {type(t).__name__}")
+            if a.bits != b.bits or a.q.shape[1] != b.q.shape[0]:
+                raise ValueError(f"{name}: LQER factors must be [out,r] @ [r,in] with equal bits")
+            e["lqer"] = [int(a.q.shape[1]), a.bits]
+            arrays |= _int_arrays(a, "a") | _int_arrays(b, "b")
+        return e, arrays
+    data, restore = (t.data, t.dtype) if isinstance(t, Passthrough) else (t, t.dtype)
     data = data.detach().cpu().contiguous()
-    scheme = _SCHEME_OF.get(data.dtype, "raw")
-    entry = {"name": name, "scheme": scheme, "bits": data.element_size() * 8, "shape": list(data.shape),
-             "dtype": _dtype_name(restore)}
-    return entry, [("data", _dtype_name(data.dtype), list(data.shape), _tensor_bytes(data), data.element_size())]
+    kind = _KIND_OF.get(data.dtype, "raw")
+    e = {"name": name, "kind": kind, "shape": list(data.shape), "dtype": _NAMES[restore]}
+    if kind == "raw":
+        e["stored"] = _NAMES[data.dtype]
+    return e, {"d": (data, 0)}
 
 
-def _payload(tensors: Mapping[str, Stored], shuffle: bool) -> tuple[list[dict], bytes]:
-    entries, chunks, offset = [], [], 0
-    for name, t in tensors.items():
-        entry, arrays = _entry_arrays(name, t)
-        h = hashlib.sha256()
-        entry["arrays"] = []
-        for role, dtype, shape, data, itemsize in arrays:
-            h.update(data)
-            entry["arrays"].append({"role": role, "dtype": dtype, "shape": shape, "offset": offset,
-                                    "length": len(data)})
-            chunks.append(byte_shuffle(data, itemsize) if shuffle else data)
-            offset += len(data)
-        entry["sha256"] = h.hexdigest()
-        entries.append(entry)
-    return entries, b"".join(chunks)
+def _array_bytes(t: Tensor, bits: int) -> bytes:
+    if bits and bits <= 4:
+        return pack_lowbit(t.numpy(), bits).tobytes()
+    return _bytes(t)
 
 
-def raw_payload(tensors: Mapping[str, Stored], shuffle: bool = False) -> bytes:
-    """The uncompressed payload bytes of some tensors (used to estimate per-group compressed size)."""
-    return _payload(tensors, shuffle)[1]
-
-
-def header_overhead(blob: bytes) -> int:
-    """Bytes of an artifact that are not compressed payload (prefix + compressed header)."""
-    return _PREFIX.size + _PREFIX.unpack_from(blob)[2]
+def plain_storage(tensors: Mapping[str, Stored], codec: str, shuffle: bool) -> Storage:
+    return Storage([Section(codec, shuffle, [(n, r) for n, t in tensors.items() for r in roles(t)])])
 
 
 def serialize_artifact(tensors: Mapping[str, Stored], config: dict, meta: dict, codec: str = "zlib",
-                       byte_shuffle: bool = False) -> bytes:
-    """The artifact as bytes. codec "auto" tries every codec and keeps the smallest file."""
-    if codec == "auto":
-        blobs = [serialize_artifact(tensors, config, meta, c, byte_shuffle) for c in CODECS]
-        return min(blobs, key=len)
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec '{codec}' (expected {' | '.join(CODECS)} | auto)")
-    entries, raw = _payload(tensors, byte_shuffle)
-    payload = compress(raw, codec)
-    header = {"format": "pgolf-artifact", "version": VERSION, "codec": codec, "byte_shuffle": bool(byte_shuffle),
-              "raw_bytes": len(raw), "payload_bytes": len(payload), "config": config, "meta": meta,
-              "tensors": entries}
-    hraw = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode("utf-8")
-    hblob = compress(hraw, codec)
-    return _PREFIX.pack(MAGIC, CODECS.index(codec), len(hblob), len(hraw)) + hblob + payload
+                       byte_shuffle: bool = False, storage: Storage | None = None,
+                       compressed: dict | None = None) -> bytes:
+    """The artifact as bytes. `storage` (sections, row orders, column-major tensors) overrides the
+    single-section default; `compressed` holds blobs already made, by (codec, sha256 of the raw section)."""
+    storage = storage or plain_storage(tensors, codec, byte_shuffle)
+    index = {name: i for i, name in enumerate(tensors)}
+    entries, arrays = [], []
+    for name, t in tensors.items():
+        e, a = _entry(name, t, storage)
+        entries.append(e)
+        arrays.append(a)
+    sha = hashlib.sha256()
+    sections, blobs = [], []
+    placed = set()
+    for sec in storage.sections:
+        chunks = []
+        for name, role in sec.arrays:
+            t, bits = arrays[index[name]][role]
+            b = _array_bytes(t, bits)
+            sha.update(b)
+            chunks.append(shuffle_bytes(b, t.element_size()) if sec.shuffle and not bits else b)
+            placed.add((name, role))
+        raw = b"".join(chunks)
+        known = (compressed or {}).get((sec.codec, hashlib.sha256(raw).hexdigest())) if compressed else None
+        blobs.append(known if known is not None else compress(raw, sec.codec))
+        sections.append({"codec": sec.codec, "shuffle": sec.shuffle, "raw": len(raw), "size": len(blobs[-1]),
+                         "arrays": [[index[n], r] for n, r in sec.arrays]})
+    if len(sections) == 1 and sections[0]["arrays"] == _all_arrays(entries):
+        del sections[0]["arrays"]  # the default layout: every array in entry order (saves ~200 bytes)
+    missing = [(n, r) for n, a in zip(tensors, arrays) for r in a if (n, r) not in placed]
+    if missing:
+        raise ValueError(f"storage places no section for {missing[:3]}")
+    header = {"format": FORMAT, "version": VERSION, "codec": codec, "config": config, "meta": meta,
+              "sha256": sha.hexdigest(), "tensors": entries, "sections": sections}
+    hraw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    hcodec = codec if codec in PLAIN_CODECS else "brotli"
+    hblob = compress(hraw, hcodec)
+    return _PREFIX.pack(MAGIC, hcodec.encode(), len(hblob), len(hraw)) + hblob + b"".join(blobs)
 
 
-def write_artifact(path: str | Path, tensors: Mapping[str, Stored], config: dict, meta: dict,
-                   codec: str = "zlib", byte_shuffle: bool = False) -> dict:
-    """Write atomically; returns {path, bytes, sha256, codec, byte_shuffle}."""
-    data = serialize_artifact(tensors, config, meta, codec, byte_shuffle)
-    path = Path(path)
-    atomic_write_bytes(path, data)
-    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "codec": CODECS[data[7]], "byte_shuffle": bool(byte_shuffle)}
+def framing_bytes(blob: bytes) -> int:
+    """Bytes of an artifact that are not tensor sections (prefix + compressed header)."""
+    return _PREFIX.size + _PREFIX.unpack_from(blob)[2]
+
+
+def raw_arrays(tensors: Mapping[str, Stored], shuffle: bool = False) -> bytes:
+    """The uncompressed, single-section array bytes of some tensors (per-group size estimates)."""
+    storage = plain_storage(tensors, "zlib", shuffle)
+    out = []
+    for name, t in tensors.items():
+        _, a = _entry(name, t, storage)
+        for role in roles(t):
+            arr, bits = a[role]
+            b = _array_bytes(arr, bits)
+            out.append(shuffle_bytes(b, arr.element_size()) if shuffle and not bits else b)
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,178 +209,155 @@ class Artifact:
     config: dict
     meta: dict
     codec: str
-    byte_shuffle: bool
+    sections: list[dict]  # codec, shuffle, raw and compressed size of each section
     bytes: int
     sha256: str
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def parse_artifact(data: bytes, where: str = "artifact") -> Artifact:
-    """Validate and decode artifact bytes. Any problem -> InputError('{where}: ...')."""
-
-    def bad(msg: str) -> InputError:
-        return InputError(f"{where}: not a valid pgolf artifact: {msg}")
-
-    if len(data) < _PREFIX.size or data[:7] != MAGIC:
-        raise bad(f"bad magic (expected {MAGIC!r} at the start of the file)")
-    _, codec_id, hlen, hraw = _PREFIX.unpack_from(data)
-    if codec_id >= len(CODECS):
-        raise bad(f"unknown codec id {codec_id} (allowed: {', '.join(CODECS)})")
-    codec = CODECS[codec_id]
-    if hraw > MAX_HEADER_BYTES or _PREFIX.size + hlen > len(data):
-        raise bad(f"header length {hlen} (raw {hraw}) exceeds the file or the {MAX_HEADER_BYTES}-byte cap")
+    """Validate and decode artifact bytes. Any problem -> InputError('{where}: not a valid ...')."""
     try:
-        htext = decompress(data[_PREFIX.size:_PREFIX.size + hlen], codec, hraw)
-        if len(htext) != hraw:
-            raise CodecError(f"header is {len(htext)} bytes, declared {hraw}")
-        header = json.loads(htext.decode("utf-8"))
-    except (CodecError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"header unreadable: {e}") from None
-    if not isinstance(header, dict) or header.get("format") != "pgolf-artifact":
-        raise bad("header is not a pgolf-artifact JSON object")
-    if header.get("version") != VERSION:
-        raise bad(f"format version {header.get('version')!r} is not supported (expected {VERSION})")
-    if header.get("codec") != codec:
-        raise bad(f"header codec {header.get('codec')!r} does not match the prefix codec '{codec}'")
-    for key, kind in (("config", dict), ("meta", dict), ("tensors", list), ("byte_shuffle", bool)):
-        if not isinstance(header.get(key), kind):
-            raise bad(f"header field '{key}' must be a {kind.__name__}")
-    raw_bytes, payload_bytes = header.get("raw_bytes"), header.get("payload_bytes")
-    if not (_is_int(raw_bytes) and _is_int(payload_bytes)) or not 0 <= raw_bytes <= MAX_RAW_BYTES:
-        raise bad(f"raw_bytes/payload_bytes must be integers with raw_bytes <= {MAX_RAW_BYTES}")
-    start = _PREFIX.size + hlen
-    if len(data) - start != payload_bytes:
-        raise bad(f"payload is {len(data) - start} bytes, header declares {payload_bytes} (truncated or padded)")
-    try:
-        raw = decompress(data[start:], codec, raw_bytes)
-    except CodecError as e:
-        raise bad(f"payload: {e}") from None
-    if len(raw) != raw_bytes:
-        raise bad(f"payload decompressed to {len(raw)} bytes, header declares {raw_bytes}")
-
-    shuffle = header["byte_shuffle"]
-    tensors: dict[str, Union[QuantizedTensor, Passthrough]] = {}
-    for i, entry in enumerate(header["tensors"]):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or name in tensors:
-            raise bad(f"tensor #{i}: missing or duplicate name {name!r}")
-        try:
-            tensors[name] = _decode_entry(entry, raw, shuffle)
-        except (KeyError, TypeError, ValueError) as e:
-            raise bad(f"tensor '{name}': {e}") from None
-    return Artifact(tensors, header["config"], header["meta"], codec, shuffle, len(data),
-                    hashlib.sha256(data).hexdigest())
+        return _parse(bytes(data))
+    except KeyError as e:
+        raise InputError(f"{where}: not a valid pgolf artifact: missing field {e}") from None
+    except (CodecError, ValueError, TypeError, IndexError, RuntimeError, struct.error) as e:
+        raise InputError(f"{where}: not a valid pgolf artifact: {e}") from None
 
 
-def _array(spec: object, raw: bytes, shuffle: bool, bits: int = 0) -> tuple[bytes, Tensor]:
-    """Validate one array spec; return its unshuffled bytes and the decoded tensor."""
-    if not isinstance(spec, dict):
-        raise ValueError("array spec must be an object")
-    dtype, shape, off, length = spec["dtype"], spec["shape"], spec["offset"], spec["length"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise ValueError(f"bad shape {shape!r}")
-    if not (_is_int(off) and _is_int(length)) or off < 0 or length < 0 or off + length > len(raw):
-        raise ValueError(f"array offset {off!r} + length {length!r} outside the {len(raw)}-byte payload")
-    count = math.prod(shape)
-    if dtype == PACKED:
-        if not 2 <= bits <= 4:
-            raise ValueError(f"packed storage needs 2..4 bits, got {bits}")
-        itemsize, expected = 1, packed_nbytes(count, bits)
-    elif dtype in DTYPES:
-        itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-        expected = count * itemsize
-    else:
-        raise ValueError(f"dtype {dtype!r} not allowed (allowed: {', '.join(DTYPES)}, {PACKED})")
-    if length != expected:
-        raise ValueError(f"array length {length} != {expected} bytes for shape {shape} ({dtype})")
-    b = raw[off:off + length]
-    if shuffle:
-        b = byte_unshuffle(b, itemsize)
-    if dtype == PACKED:
-        vals = unpack_lowbit(np.frombuffer(b, dtype=np.uint8), bits, count)
-        return b, torch.from_numpy(vals.copy()).reshape(shape)
-    return b, _bytes_tensor(b, DTYPES[dtype], shape)
+def _size(x: object, cap: int, what: str) -> int:
+    if type(x) is not int or not 0 <= x <= cap:
+        raise ValueError(f"{what} must be an integer in 0..{cap:,}, got {x!r}")
+    return x
 
 
-def _decode_int(prefix: str, arrays: dict, bits: int, shape: list, raw: bytes, shuffle: bool,
-                h: "hashlib._Hash") -> QuantizedTensor:
-    if not _is_int(bits) or not 2 <= bits <= 8:
-        raise ValueError(f"int bits must be 2..8, got {bits!r}")
-    qspec, sspec = arrays[prefix + "q"], arrays[prefix + "scale"]
-    if qspec["dtype"] not in ("int8", PACKED) or sspec["dtype"] != "float16":
-        raise ValueError("int tensors store q as int8/packed and scale as float16")
-    qb, q = _array(qspec, raw, shuffle, bits)
-    sb, s = _array(sspec, raw, shuffle)
-    h.update(qb)
-    h.update(sb)
-    if list(q.shape) != shape or len(shape) < 2 or list(s.shape) != [shape[0]]:
-        raise ValueError(f"q shape {list(q.shape)} / scale shape {list(s.shape)} do not match {shape}")
-    qm = qmax_for(bits)
-    if q.numel() and int(q.abs().max()) > qm:
-        raise ValueError(f"int{bits} values outside +-{qm}")
-    return QuantizedTensor(q, s, bits)
-
-
-def _decode_entry(entry: dict, raw: bytes, shuffle: bool) -> Union[QuantizedTensor, Passthrough]:
-    scheme, shape, restore = entry["scheme"], entry["shape"], entry["dtype"]
-    if restore not in DTYPES:
-        raise ValueError(f"restore dtype {restore!r} not allowed")
-    if not isinstance(entry["arrays"], list):
-        raise ValueError("'arrays' must be a list")
-    arrays = {a["role"]: a for a in entry["arrays"]}
-    h = hashlib.sha256()
-    if scheme == "int":
-        expected_roles = {"q", "scale"}
-        qt = _decode_int("", arrays, entry["bits"], shape, raw, shuffle, h)
-        if "lqer" in entry:
-            lq = entry["lqer"]
-            rank, lbits = lq["rank"], lq["bits"]
-            if not _is_int(rank) or rank < 1 or len(shape) != 2:
-                raise ValueError(f"bad LQER rank {rank!r} for shape {shape}")
-            a = _decode_int("lqer_a.", arrays, lbits, [shape[0], rank], raw, shuffle, h)
-            b = _decode_int("lqer_b.", arrays, lbits, [rank, shape[1]], raw, shuffle, h)
-            qt.lowrank = (a, b)
-            expected_roles |= {"lqer_a.q", "lqer_a.scale", "lqer_b.q", "lqer_b.scale"}
-        out: Union[QuantizedTensor, Passthrough] = qt
-        qt.dtype = DTYPES[restore]
-    elif scheme in ("fp16", "fp32", "bf16", "raw"):
-        expected_roles = {"data"}
-        spec = arrays["data"]
-        want = {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}.get(scheme)
-        if (want and spec["dtype"] != want) or (not want and spec["dtype"] in ("float16", "float32", "bfloat16")):
-            raise ValueError(f"scheme {scheme} cannot hold dtype {spec['dtype']!r}")
-        b, t = _array(spec, raw, shuffle)
-        h.update(b)
-        if list(t.shape) != shape:
-            raise ValueError(f"data shape {list(t.shape)} != {shape}")
-        out = Passthrough(t, DTYPES[restore])
-    else:
-        raise ValueError(f"unknown scheme {scheme!r} (expected int | fp16 | fp32 | bf16 | raw)")
-    if set(arrays) != expected_roles or len(arrays) != len(entry["arrays"]):
-        raise ValueError(f"arrays {sorted(arrays)} do not match scheme {scheme} (expected {sorted(expected_roles)})")
-    if h.hexdigest() != entry["sha256"]:
-        raise ValueError("sha256 mismatch (corrupt payload)")
+def _specs(e: dict) -> dict[str, tuple[torch.dtype, list[int], int]]:
+    """role -> (dtype, shape, packing bits) of one tensor entry; validates the entry."""
+    shape = e["shape"]
+    if not isinstance(e["name"], str) or not isinstance(shape, list) or \
+            not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"bad tensor entry {str(e)[:80]}")
+    kind = e["kind"]
+    DTYPES[e["dtype"]]  # the restore dtype must be known
+    if kind in FLOAT_KINDS:
+        return {"d": (FLOAT_KINDS[kind], shape, 0)}
+    if kind == "raw":
+        if e["stored"] in ("float16", "float32", "bfloat16"):
+            raise ValueError(f"raw tensor '{e['name']}' cannot hold {e['stored']}")
+        return {"d": (DTYPES[e["stored"]], shape, 0)}
+    if kind != "int":
+        raise ValueError(f"unknown kind {kind!r} (expected int | fp16 | fp32 | bf16 | raw)")
+    bits = e["bits"]
+    if type(bits) is not int or not 2 <= bits <= 8 or len(shape) != 2:
+        raise ValueError(f"int tensor '{e['name']}': bits 2..8 and a 2-D shape needed, got {bits!r}, {shape}")
+    rows, cols = shape
+    out = {"q": (torch.int8, [cols, rows] if e.get("cols") else shape, bits), "s": (torch.float16, [rows], 0)}
+    if e.get("rows"):
+        out["p"] = (torch.int32, [rows], 0)
+    if "lqer" in e:
+        rank, lbits = e["lqer"]
+        if type(rank) is not int or rank < 1 or type(lbits) is not int or not 2 <= lbits <= 8:
+            raise ValueError(f"bad LQER spec {e['lqer']!r}")
+        out |= {"aq": (torch.int8, [rows, rank], lbits), "as": (torch.float16, [rows], 0),
+                "bq": (torch.int8, [rank, cols], lbits), "bs": (torch.float16, [rank], 0)}
     return out
 
 
-def read_artifact_quantized(path: str | Path) -> Artifact:
-    """The quantized form (QuantizedTensor / Passthrough per name) plus config, meta, codec, size, sha256."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read artifact: {e.strerror or e}") from None
-    return parse_artifact(data, str(path))
+def _all_arrays(entries: list[dict]) -> list[list]:
+    """[index, role] of every array in entry order: a lone section without an 'arrays' list holds these."""
+    return [[i, r] for i, e in enumerate(entries) for r in _specs(e)]
+
+
+def _decode(b: bytes, dtype: torch.dtype, shape: list[int], bits: int) -> Tensor:
+    count = math.prod(shape)
+    if bits and bits <= 4:
+        return torch.from_numpy(unpack_lowbit(np.frombuffer(b, np.uint8), bits, count)).reshape(shape)
+    return torch.frombuffer(bytearray(b), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
+
+
+def _int(a: dict, q: str, s: str, bits: int) -> QuantizedTensor:
+    qm = qmax_for(bits)
+    if a[q].numel() and int(a[q].abs().max()) > qm:
+        raise ValueError(f"int{bits} values outside +-{qm}")
+    return QuantizedTensor(a[q], a[s], bits)
+
+
+def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]:
+    restore = DTYPES[e["dtype"]]
+    if e["kind"] != "int":
+        return Passthrough(a["d"], restore)
+    if e.get("cols"):
+        a["q"] = a["q"].T.contiguous()
+    if e.get("rows"):
+        perm = a["p"].long()
+        if not torch.equal(torch.sort(perm).values, torch.arange(len(perm))):
+            raise ValueError(f"'{e['name']}': the stored row order is not a permutation")
+        q = torch.empty_like(a["q"])
+        q[perm] = a["q"]
+        a["q"] = q
+    qt = _int(a, "q", "s", e["bits"])
+    qt.dtype = restore
+    if "lqer" in e:
+        qt.lowrank = (_int(a, "aq", "as", e["lqer"][1]), _int(a, "bq", "bs", e["lqer"][1]))
+    return qt
+
+
+def _parse(data: bytes) -> Artifact:
+    if data[:7] != MAGIC:
+        raise ValueError(f"bad magic (expected {MAGIC!r} at the start of the file)")
+    _, hcodec, hsize, hraw = _PREFIX.unpack_from(data)
+    start = _PREFIX.size + hsize
+    header = json.loads(decompress(data[_PREFIX.size:start], hcodec.rstrip(b"\0").decode("ascii"),
+                                   _size(hraw, MAX_HEADER_BYTES, "the header size")))
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise ValueError(f"not a {FORMAT} version {VERSION} header")
+    entries = header["tensors"]
+    specs = [_specs(e) for e in entries]
+    names = [e["name"] for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names")
+    got: list[dict[str, Tensor]] = [{} for _ in entries]
+    sha = hashlib.sha256()
+    pos, jobs = start, []
+    for k, sec in enumerate(header["sections"]):
+        size = _size(sec["size"], len(data) - pos, f"section {k} size (truncated file?)")
+        jobs.append((data[pos:pos + size], sec["codec"], _size(sec["raw"], MAX_RAW_BYTES, f"section {k} raw size")))
+        pos += size
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes after the last section (padded or concatenated)")
+    with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:  # codecs release the GIL
+        raws = list(pool.map(lambda j: decompress(*j), jobs))
+    for k, (sec, raw) in enumerate(zip(header["sections"], raws)):
+        raw_len = len(raw)
+        off = 0
+        layout = sec["arrays"] if "arrays" in sec or len(header["sections"]) != 1 else _all_arrays(entries)
+        for i, role in layout:
+            dtype, shape, bits = specs[i][role]
+            if role in got[i]:
+                raise ValueError(f"'{names[i]}' array {role} stored twice")
+            count = math.prod(shape)
+            n = packed_nbytes(count, bits) if bits and bits <= 4 else count * dtype.itemsize
+            b = raw[off:off + n]
+            off += n
+            if len(b) != n:
+                raise ValueError(f"section {k} ends inside '{names[i]}' ({role})")
+            if sec["shuffle"] and not bits:
+                b = byte_unshuffle(b, dtype.itemsize)
+            sha.update(b)
+            got[i][role] = _decode(b, dtype, shape, bits)
+        if off != raw_len:
+            raise ValueError(f"section {k} holds {raw_len - off} bytes beyond its arrays")
+    if sha.hexdigest() != header["sha256"]:
+        raise ValueError("sha256 mismatch (corrupt payload)")
+    for i, e in enumerate(entries):
+        if set(got[i]) != set(specs[i]):
+            raise ValueError(f"'{names[i]}' is missing arrays {sorted(set(specs[i]) - set(got[i]))}")
+    tensors = {e["name"]: _build(e, got[i]) for i, e in enumerate(entries)}
+    if not isinstance(header["config"], dict) or not isinstance(header["meta"], dict):
+        raise ValueError("config and meta must be JSON objects")
+    sections = [{k: s[k] for k in ("codec", "shuffle", "raw", "size")} for s in header["sections"]]
+    return Artifact(tensors, header["config"], header["meta"], header["codec"], sections, len(data),
+                    hashlib.sha256(data).hexdigest())
 
 
 def dequantize_all(tensors: Mapping[str, Union[QuantizedTensor, Passthrough]]) -> dict[str, Tensor]:
     return {name: t.dequantize() for name, t in tensors.items()}
-
-
-def read_artifact(path: str | Path) -> tuple[dict[str, Tensor], dict, dict]:
-    """(state dict of dequantized tensors in their original dtypes, model config, metadata)."""
-    art = read_artifact_quantized(path)
-    return dequantize_all(art.tensors), art.config, art.meta
