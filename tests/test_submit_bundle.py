@@ -1,171 +1,157 @@
-"""The single-file train_gpt.py: module closure, determinism, and running without pgolf installed."""
+"""The counted train_gpt.py: flattening, specialisation, what it holds, and running it without pgolf."""
+import ast
 import json
+import lzma
 import site
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import brotli
 import pytest
 
 from pgolf.config import load_config
-from pgolf.errors import InputError, WorkError
+from pgolf.errors import InputError
 from pgolf.submit import bundle
+from pgolf.submit.flatten import shake_module
+from pgolf.submit.specialize import Specializer
 
 SITE_DIRS = [d for d in site.getsitepackages() + [site.getusersitepackages()] if Path(d).is_dir()]
+ALLOWED = {"torch", "numpy", "sentencepiece", "brotli", "zstandard", "pyppmd", "zpaq"}  # + the stdlib
+TOOLKIT_ONLY = ("pgolf.eval.audit", "pgolf.pipeline.plots", "pgolf.train.checkpoint", "pgolf.data.hub",
+                "pgolf.data.corpus", "pgolf.data.build", "pgolf.data.manifest", "pgolf.cli", "pgolf.pipeline.rundir")
 
 
-def clean_python(code: str, cwd: Path, args: list[str] | None = None, timeout: int = 120):
-    """Run python isolated from pgolf: -I (no PYTHONPATH, no cwd on path), -S (no .pth files, so the
-    editable pgolf install is invisible) with site-packages added back for torch & co."""
+def clean_python(cwd: Path, args: list[str], timeout: int = 300, env: dict | None = None):
+    """Run train_gpt.py isolated from pgolf: -I (no PYTHONPATH, no cwd on path), -S (no .pth files, so
+    the editable pgolf install is invisible) with site-packages added back for torch & co."""
     if any((Path(d) / "pgolf").is_dir() for d in SITE_DIRS):
         pytest.skip("pgolf is installed non-editably in site-packages; cannot hide it")
-    prelude = f"import sys; sys.path.extend({SITE_DIRS!r})\n"
-    return subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code, *(args or [])], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env={"PATH": "/usr/bin:/bin"})
+    code = (f"import sys; sys.path.extend({SITE_DIRS!r}); import runpy; sys.argv[0] = 'train_gpt.py'\n"
+            "try:\n    import pgolf\n    raise SystemExit('pgolf is importable: ' + pgolf.__file__)\n"
+            "except ImportError:\n    pass\nrunpy.run_path('train_gpt.py', run_name='__main__')")
+    return subprocess.run([sys.executable, "-I", "-S", "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", **(env or {})})
 
 
-def pipeline_bundle_ready() -> bool:
-    try:
-        bundle.module_closure()
-    except WorkError:
-        return False
-    return True
+# -- the generic passes on small programs ------------------------------------------------------
 
-
-def test_imports_of_finds_every_form():
+def test_shake_keeps_what_the_roots_reach():
     src = textwrap.dedent("""
-        import os, numpy as np
-        from pgolf.config import Config
-        from . import tokenizer
-        from ..model import gpt
-        from pgolf.quant import codecs
-        import importlib
-        def later():
-            from pgolf.eval.plain import evaluate_plain
-            import pgolf.metric
-            importlib.import_module("pgolf.model.layers")
+        import os, json
+        import logging
+        A = 1
+        B = A + 1
+        def used(x): return helper(x) + B
+        def helper(x): return x
+        def unused(): return json.dumps(os.sep)
+        class Handler(logging.Handler):
+            def emit(self, record): pass      # called by logging: kept
+            def own(self): return unused()    # nobody calls .own: dropped
+        def main(): return used(1), Handler()
     """)
-    ours, other = bundle.imports_of(src, "pgolf.data.shards", is_pkg=False)
-    assert ours == {"pgolf.config", "pgolf.data", "pgolf.data.tokenizer", "pgolf.model", "pgolf.model.gpt",
-                    "pgolf.quant", "pgolf.quant.codecs", "pgolf.eval.plain", "pgolf.metric", "pgolf.model.layers"}
-    assert other == {"os", "numpy", "importlib"}
-    with pytest.raises(WorkError, match="cannot parse"):
-        bundle.imports_of("def (:", "pgolf.x", False)
+    out = ast.unparse(shake_module(ast.parse(src), ["main"]))
+    assert "def helper" in out and "B = A + 1" in out and "def emit" in out
+    assert "def unused" not in out and "def own" not in out and "import json" not in out and "import os" not in out
 
 
-def test_closure_small_entry():
-    info = bundle.module_closure("pgolf.eval.plain")
-    # plain -> tokenizer, metric; tokenizer -> errors; plus parent packages
-    assert {"pgolf", "pgolf.eval", "pgolf.eval.plain", "pgolf.data", "pgolf.data.tokenizer", "pgolf.metric",
-            "pgolf.errors"} <= set(info.modules)
-    assert "pgolf.model.gpt" not in info.modules and "pgolf.cli" not in info.modules
-    assert not any(m.endswith(".commands") for m in info.modules)
-    assert set(info.packages) == {m for m in info.modules if (bundle.module_path(m).name == "__init__.py")}
-    assert {"torch", "numpy", "sentencepiece"} <= set(info.third_party) and "os" not in info.third_party
-    with pytest.raises(WorkError, match="not found"):
-        bundle.module_closure("pgolf.no_such_module")
-
-
-def test_literal_roundtrip():
-    import ast
-
-    for text in ["plain", "a '''quote''' and \\n backslash\\", "ends with '", 'x = "\\u2581"\n', "tab\t\x00nul"]:
-        assert ast.literal_eval(bundle._literal(text)) == text
-
-
-def test_code_bytes_consistent_and_seed_independent():
-    entry = "pgolf.submit.bundle"
-    cfg1, cfg2 = load_config("tiny", ["train.seed=1"]), load_config("tiny", ["train.seed=2"])
-    raw = bundle.bundle_code(cfg1, "none", entry=entry)
-    assert raw == bundle.bundle_code(cfg2, "none", entry=entry)  # seed is not part of the file
-    assert bundle.bundle_code(cfg1, "lzma", entry=entry) == bundle.bundle_code(cfg1, "lzma", entry=entry)
-    assert len(bundle.bundle_code(cfg1, "lzma", entry=entry)) < len(raw) / 2
-    other = load_config("tiny", ["model.num_layers=3"])
-    assert bundle.bundle_code(other, "none", entry=entry) != raw  # the config is embedded
-    with pytest.raises(InputError, match="--compress"):
-        bundle.bundle_code(cfg1, "zip")
-    if pipeline_bundle_ready():
-        for c in ("none", "lzma"):
-            assert bundle.code_bytes(cfg1, c) == len(bundle.bundle_code(cfg1, c).encode()) == bundle.code_bytes(cfg2, c)
-
-
-@pytest.mark.parametrize("compress", ["none", "lzma", "brotli"])
-def test_bundle_runs_without_pgolf_and_regenerates_itself(tmp_path, compress):
-    if compress == "brotli":
-        pytest.importorskip("brotli")
-    entry = "pgolf.submit.bundle"  # small closure that still contains the bundler
-    cfg = load_config("tiny", ["data.path=/somewhere/local", "model.num_layers=2"])
-    path = tmp_path / "train_gpt.py"
-    path.write_text(bundle.bundle_code(cfg, compress, entry=entry))
-    code = textwrap.dedent(f"""
-        import json, runpy
-        try:
-            import pgolf
-            print(json.dumps({{"leak": pgolf.__file__}})); raise SystemExit(3)
-        except ImportError:
-            pass
-        g = runpy.run_path("train_gpt.py", run_name="bundle_check")
-        import pgolf, pgolf.config, pgolf.submit.bundle as b
-        finder = next(m for m in sys.meta_path if hasattr(m, "sources"))
-        conf = json.loads(g["CONFIG_JSON"])  # compressed too: the stub exec'd the file in its globals
-        cfg = pgolf.config.Config.from_dict(conf)
-        regen = b.bundle_code(cfg, {compress!r}, entry={entry!r})
-        print(json.dumps({{"file": pgolf.__file__, "mods": sorted(finder.sources), "conf": conf,
-                          "regen_equal": regen == open("train_gpt.py").read(),
-                          "code_bytes_here": len(regen.encode())}}))
+def test_specializer_folds_switches_and_drops_dead_code():
+    from pgolf.config import Config, ModelConfig
+    src = textwrap.dedent("""
+        def width(m: ModelConfig):
+            if m.recurrent:
+                return slow(m.num_layers)
+            return m.model_dim * 2
+        def slow(n): return n
+        def main(cfg: Config):
+            k = cfg.model
+            return width(k), cfg.eval.method
     """)
-    r = clean_python(code, tmp_path)
-    assert r.returncode == 0, r.stderr + r.stdout
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["file"] == str(tmp_path / "pgolf" / "__init__.py")  # served from the bundle, not /work
-    assert out["mods"] == bundle.module_closure(entry).modules
-    assert out["conf"]["data"]["path"] == "" and out["conf"]["model"]["num_layers"] == 2
-    assert out["conf"]["train"]["seed"] == 1337
-    assert out["regen_equal"] is True  # inside the bundle, code bytes are the file itself
-    assert out["code_bytes_here"] == path.stat().st_size
-
-
-@pytest.mark.parametrize("compress", ["none", "lzma"])
-def test_pipeline_bundle_imports_without_pgolf(tmp_path, compress):
-    if not pipeline_bundle_ready():
-        pytest.skip("pgolf.pipeline's imports are not all in the tree yet")
     cfg = load_config("tiny")
-    path = tmp_path / "train_gpt.py"
-    path.write_text(bundle.bundle_code(cfg, compress))
-    code = textwrap.dedent("""
-        import json, runpy
-        try:
-            import pgolf
-            raise SystemExit("pgolf importable before the bundle: " + pgolf.__file__)
-        except ImportError:
-            pass
-        runpy.run_path("train_gpt.py", run_name="bundle_check")
-        import pgolf.pipeline as p
-        print(json.dumps({"main": callable(p.main), "run_pipeline": callable(p.run_pipeline),
-                          "file": p.__file__}))
-    """)
-    r = clean_python(code, tmp_path)
-    assert r.returncode == 0, r.stderr + r.stdout
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["main"] and out["run_pipeline"] and out["file"] == str(tmp_path / "pgolf" / "pipeline.py")
-    # as a script: the embedded config is passed through to pipeline.main's argument parser
-    r = clean_python("import runpy; sys.argv[0] = 'train_gpt.py'; runpy.run_path('train_gpt.py', run_name='__main__')",
-                     tmp_path, ["--help"])
-    assert r.returncode == 0, r.stderr
-    assert "--config-json" in r.stdout and "--data" in r.stdout
+    spec = Specializer(ast.parse(src), cfg, {"Config": Config, "ModelConfig": ModelConfig}, roots=["main"])
+    spec.run()
+    spec.drop_sections()
+    spec.run()
+    out = ast.unparse(spec.tree)
+    assert not cfg.model.recurrent and "def slow" not in out and "recurrent" not in out
+    assert repr(cfg.model.model_dim * 2) in out and repr(cfg.eval.method) in out
+    assert spec.config_reads() == []
 
+
+# -- the bundle of a recipe ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["tiny", "pr1413"])
+def test_bundle_holds_only_the_run_path(recipe):
+    b = bundle.bundle_info(load_config(recipe))
+    assert set(b.third_party) <= ALLOWED, b.third_party
+    assert not [m for m in b.modules if m.startswith(TOOLKIT_ONLY)], b.modules
+    assert not [f for f in b.functions if f.startswith("pgolf.config.") and f[13].isupper()], b.functions  # no config classes
+    src = bundle.program_source(load_config(recipe))
+    assert "tqdm" not in src and "safetensors" not in src
+    methods = {"tiny": ("plain",), "pr1413": ("plain", "ttt-sgd")}[recipe]
+    tree = ast.parse(src)
+    registry = next(n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n).startswith("METHODS"))
+    assert len(registry.value.generators[0].iter.elts) == len(methods)
+    if recipe == "tiny":  # plain eval, no GPTQ, no recurrence: none of their code
+        assert not [f for f in b.functions if "ttt" in f or "gptq" in f or "lqer" in f.lower()], b.functions
+    else:
+        assert "pgolf.eval.ttt_sgd.run_ttt_sgd" in b.functions and "pgolf.quant.gptq.gptq_quantize" in b.functions
+        assert not [f for f in b.functions if "ttt_lora" in f or "phased" in f]
+
+
+def test_wrappers_and_sizes():
+    cfg = load_config("tiny")
+    sizes = {c: bundle.code_bytes(cfg, c) for c in bundle.COMPRESSIONS}
+    assert sizes["auto"] == min(sizes["lzma"], sizes["brotli"]) < sizes["none"] / 2
+    mini = bundle.minify(bundle.program_source(cfg))
+    assert bundle.bundle_info(cfg, "none").code == mini
+    for c in ("lzma", "brotli"):
+        b = bundle.bundle_info(cfg, c)
+        assert b.code_bytes == len(b.data()) and b.compress == c
+        literal = ast.parse(b.code).body[0].value.value.encode("latin-1")
+        raw = (lzma.decompress(literal, lzma.FORMAT_RAW, None, [{"id": lzma.FILTER_LZMA2}]) if c == "lzma"
+               else brotli.decompress(literal))
+        assert raw.decode() == mini  # the stub's payload is exactly the minified program
+    with pytest.raises(InputError, match="--compress"):
+        bundle.code_bytes(cfg, "zip")
+
+
+@pytest.mark.parametrize("blob", [bytes(range(256)) * 4, b"\'\'\'\'", b"ends with \'",
+                                  b"\x00\x31\x00x\r\n\\\'\'\'\x00"])
+def test_latin1_literal_survives_a_source_file(blob):
+    src = ("#coding:latin1\nL=" + bundle.latin1_literal(blob) + "\n").encode("latin-1")
+    g: dict = {}
+    exec(compile(src, "train_gpt.py", "exec"), g)
+    assert g["L"].encode("latin1") == blob
+
+
+def test_the_seed_and_local_paths_are_not_in_the_file():
+    a = bundle.bundle_info(load_config("tiny", ["train.seed=1", "data.path=/here"])).code
+    assert a == bundle.bundle_info(load_config("tiny", ["train.seed=2", "data.path=/there"])).code
+    assert a != bundle.bundle_info(load_config("tiny", ["model.num_layers=3"])).code  # the config is compiled in
+
+
+def test_bundle_command_json(tmp_path, capsys):
+    from pgolf.cli import main
+    out = tmp_path / "train_gpt.py"
+    assert main(["bundle", "--recipe", "tiny", "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["code_bytes"] == out.stat().st_size and r["compress"] in ("lzma", "brotli")
+    assert "pgolf.train.trainer" in r["modules"] and "pgolf.train.trainer.Trainer" in r["functions"]
+
+
+# -- running it ------------------------------------------------------------------------------------
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MICRO = ["model.model_dim=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
          "train.seq_len=64", "train.batch_tokens=256", "train.micro_batch_tokens=256", "train.max_steps=3",
          "train.max_seconds=0", "train.warmdown_iters=1", "train.compile=off", "train.val_tokens=1024",
-         "eval.max_tokens=2048"]
+         "eval.max_tokens=2048", "eval.audit=false"]
 
 
-@pytest.mark.slow
-def test_bundled_script_matches_pgolf_run(tmp_path):
-    """train_gpt.py (lzma, no pgolf installed) reproduces `pgolf run` for the same seed."""
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
     import itertools
 
     import numpy as np
@@ -179,47 +165,40 @@ def test_bundled_script_matches_pgolf_run(tmp_path):
     val_dir = SHARED / "data" / "fineweb" / "sp1024"
     if not (tok.is_file() and standin.is_file() and val_dir.is_dir()):
         pytest.skip(f"shared data not found under {SHARED}")
-    if not pipeline_bundle_ready():
-        pytest.skip("pgolf.pipeline's imports are not all in the tree yet")
     sp = spm.SentencePieceProcessor(model_file=str(tok))
     docs = list(itertools.islice(iter_documents([str(standin)]), 60))
-    train = np.array([t for ids in sp.encode(docs) for t in [1, *ids]], dtype=np.uint16)
-    data = tmp_path / "data"
-    write_shard(data / "fineweb_train_000000.bin", train)
+    data = tmp_path_factory.mktemp("micro") / "data"
+    write_shard(data / "fineweb_train_000000.bin",
+                np.array([t for ids in sp.encode(docs) for t in [1, *ids]], dtype=np.uint16))
     write_shard(data / "fineweb_val_000000.bin", load_split(val_dir, "val", 1024, max_tokens=8192).astype(np.uint16))
+    return data, tok
 
-    common = ["--data", str(data), "--tokenizer", str(tok), "--no-progress", "--set", "train.seed=5"]
+
+def test_bundled_script_matches_pgolf_run(tmp_path, micro_data):
+    """train_gpt.py, with pgolf hidden, gives `pgolf run`'s val_bpb for the same seed, and counts itself."""
+    data, tok = micro_data
     ref = subprocess.run([sys.executable, "-m", "pgolf.cli", "run", "--recipe", "tiny",
-                          *[a for o in MICRO for a in ("--set", o)], "--out", str(tmp_path / "ref"), *common],
+                          *[a for o in MICRO for a in ("--set", o)], "--out", str(tmp_path / "ref"), "--data",
+                          str(data), "--tokenizer", str(tok), "--no-progress", "--set", "train.seed=5"],
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
-
     work = tmp_path / "clean"
     work.mkdir()
-    (work / "train_gpt.py").write_text(bundle.bundle_code(load_config("tiny", MICRO), "lzma"))
-    r = clean_python("import runpy; sys.argv[0] = 'train_gpt.py'; runpy.run_path('train_gpt.py', run_name='__main__')",
-                     work, ["--out", str(tmp_path / "bundled"), *common], timeout=300)
+    bundle.write_bundle(work / "train_gpt.py", bundle.bundle_info(load_config("tiny", MICRO)))
+    r = clean_python(work, ["--data", str(data), "--tokenizer", str(tok), "--out", str(tmp_path / "bundled")],
+                     env={"SEED": "5"})
     assert r.returncode == 0, r.stderr[-3000:]
     a = json.loads((tmp_path / "ref" / "summary.json").read_text())
     b = json.loads((tmp_path / "bundled" / "summary.json").read_text())
     assert b["seed"] == 5 and b["steps"] == a["steps"] == 3
     assert abs(a["val_bpb"] - b["val_bpb"]) < 1e-6 and abs(a["val_bpb_prequant"] - b["val_bpb_prequant"]) < 1e-6
-    # the bundle counts itself: code bytes inside it equal those computed by the installed pgolf
     assert a["code_bytes"] == b["code_bytes"] == (work / "train_gpt.py").stat().st_size
     assert a["artifact_bytes"] == b["artifact_bytes"]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["val_bpb"] == b["val_bpb"]
+    log = (tmp_path / "bundled" / "train.log").read_text()
+    assert "val_bpb" in log and f"{b['artifact_bytes']:,}" in log  # the log reaches the scored result
 
-
-def test_bundle_carries_only_the_recipes_eval_method():
-    from pgolf.config import load_config
-    from pgolf.submit.bundle import module_closure
-
-    plain = module_closure(cfg=load_config("tiny"))  # plain eval
-    assert {"pgolf.eval.ttt_sgd", "pgolf.eval.ttt_lora", "pgolf.eval.phased", "pgolf.data.hub"} <= set(plain.skipped)
-    assert not set(plain.skipped) & set(plain.modules)
-    assert "pgolf.eval.sliding" in plain.modules and "pgolf.eval.audit" in plain.modules
-    ttt = module_closure(cfg=load_config("pr1413"))  # score-first TTT
-    assert "pgolf.eval.ttt_sgd" in ttt.modules and "pgolf.eval.ttt_lora" not in ttt.modules
-    phased = module_closure(cfg=load_config("tiny", ["eval.method=phased"]))
-    assert {"pgolf.eval.ttt_sgd", "pgolf.eval.ttt_lora", "pgolf.eval.phased"} <= set(phased.modules)
-    # No CLI in any bundle: nothing the pipeline reaches imports it.
-    assert not plain.forced and "pgolf.cli" not in plain.modules
+    bad = clean_python(work, ["--data", str(data), "--tokenizer", str(tok), "--set", "model.num_layers=3"])
+    assert bad.returncode == 2 and "only train.seed can change" in bad.stderr
+    missing = clean_python(work, ["--data", str(tmp_path / "nowhere"), "--tokenizer", str(tok)])
+    assert missing.returncode == 2 and "nowhere" in missing.stderr

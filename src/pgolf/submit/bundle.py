@@ -1,354 +1,306 @@
-"""One self-contained `train_gpt.py` generated from pgolf's own modules: the code part of the artifact.
+"""The counted train_gpt.py: pgolf's record entry (pgolf.pipeline.script) specialised to one recipe.
 
-What the file holds, in order (this is exactly what `code_bytes` counts, byte for byte):
-  1. a short header comment and the stdlib imports the importer needs;
-  2. SOURCES: {module name: source text} for the pgolf modules the entry module `pgolf.pipeline`
-     needs - the transitive closure of its intra-package imports found with `ast` (top-level and
-     lazy imports inside functions, relative imports, `from pkg import submodule`, and
-     `importlib.import_module("pgolf...")` with a literal name), plus every parent package's
-     `__init__`, less the OPTIONAL modules the recipe does not use (TTT methods it does not
-     evaluate with, the hub downloader). Sources are embedded unchanged in the plain variant.
-     CLI command modules (`pgolf.cli`, `pgolf.*.commands`) are left out unless a bundled module
-     imports one (then it is included and listed in `BundleInfo.forced`). `pgolf.submit.bundle`
-     itself is in the closure (packing computes code bytes), and inside a running bundle it
-     regenerates the file from the embedded SOURCES, so code bytes are the same there.
-  3. CONFIG_JSON: the resolved recipe config (compact JSON). Machine-local `data.path` and
-     `data.tokenizer` are blanked and `train.seed` is reset to its default, so every seed of a
-     recipe gets the same file (seeds are chosen with `--set train.seed=N`);
-  4. PACKAGES (the module names that are packages) and a meta-path importer (MetaPathFinder +
-     Loader) that serves `pgolf.*` from SOURCES, ahead of any installed pgolf, and registers the
-     sources with linecache for tracebacks and inspect;
-  5. `if __name__ == "__main__": pgolf.pipeline.main(["--config-json", CONFIG_JSON, *argv])`.
-With compress="lzma"/"brotli" the embedded sources are first minified (docstrings and comments
-removed by an `ast` round trip, see `minify`), then that whole file is compressed, base85-encoded and wrapped in a
-two-line stub that `exec`s it; `code_bytes` then counts the stub file. At run time the file needs
-torch, numpy, sentencepiece, safetensors and the codecs the recipe uses - not pgolf itself.
+Its size is the artifact's code bytes. How it is made:
+  1. flatten: the modules the entry reaches become one program holding only the reachable
+     definitions (pgolf.submit.flatten);
+  2. specialise: the recipe's config is compiled in (pgolf.submit.specialize): switches that are off
+     take their branches with them, the eval-method registry keeps the recipe's method (and plain),
+     and only the seed is read at run time;
+  3. shake again, minify with python-minifier (docstrings, asserts and annotations out, names short),
+     compress with lzma or brotli, whichever is smaller, and wrap in a two-line self-extracting stub
+     whose payload is the compressed bytes as a latin-1 string (PEP 263 source encoding: 1-3% larger
+     than the bytes, where base85 costs 25%).
+The script then needs torch, numpy, sentencepiece, safetensors and the codec libraries its recipe
+uses; not pgolf. What it leaves out (audit, plots, checkpoints, corpus building, the downloader, the
+CLI) is what the score does not need.
 """
 from __future__ import annotations
 
 import ast
-import base64
-import fnmatch
 import functools
+import importlib
 import json
 import lzma
+import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
-import pgolf
-from pgolf.config import Config, TrainConfig
+import brotli
+import python_minifier
+
+from pgolf.atomic import atomic_write_bytes
+from pgolf.config import SECTIONS, Config, QuantGroup, TrainConfig
 from pgolf.errors import InputError, WorkError
+from pgolf.eval.context import Method
+from pgolf.quant.container import PLAIN_CODECS
+from pgolf.quant.pergroup import REMAINDER_CODEC
+from pgolf.submit.flatten import PKG_ROOT, Flattener, shake_module, std_modules
+from pgolf.submit.specialize import NS, Specializer
 
-ENTRY = "pgolf.pipeline"
-EXCLUDE = ("pgolf.cli", "pgolf.*.commands")
-# Modules imported only lazily, where they are used: a recipe's bundle carries them only if its
-# config needs them. The record's script is run on pre-downloaded shards (--data), so the hub
-# downloader is never bundled (the pipeline then says to pass --data).
-OPTIONAL: dict[str, Callable[[Config], bool]] = {
-    "pgolf.eval.ttt_sgd": lambda c: c.eval.method in ("ttt-sgd", "phased"),
-    "pgolf.eval.ttt_lora": lambda c: c.eval.method in ("ttt-lora", "phased"),
-    "pgolf.eval.phased": lambda c: c.eval.method == "phased",
-    "pgolf.data.hub": lambda c: False,
-}
-COMPRESSIONS = ("none", "lzma", "brotli")
-PKG_ROOT = Path(pgolf.__file__).resolve().parent
+ENTRY, ROOT = "pgolf.pipeline.script", "main"
+SEED = "_SEED"
+COMPRESSIONS = ("none", "lzma", "brotli", "auto")
+CONFIG_CLASSES = {cls.__name__: cls for cls in (Config, QuantGroup, *SECTIONS.values())}
+# module constants the counted script is built with: no tqdm progress bars (its output is a log)
+BUNDLE_CONSTANTS = {("pgolf.logs", "BARS"): False}
+
+
+def kept_methods(cfg: Config) -> set[str]:
+    """The eval methods a record run uses: the recipe's, and plain (the trainer's validation)."""
+    return {"plain", cfg.eval.method}
 
 
 @dataclass
-class BundleInfo:
-    modules: list[str]  # bundled module names, sorted
-    packages: list[str]  # those that are packages (__init__.py)
-    forced: list[str] = field(default_factory=list)  # excluded-by-rule modules a bundled module imports
-    skipped: list[str] = field(default_factory=list)  # OPTIONAL modules this config does not need
-    third_party: list[str] = field(default_factory=list)  # top-level non-pgolf, non-stdlib imports
+class Bundle:
+    code: str  # the file, exactly as counted
+    code_bytes: int
+    compress: str  # the wrapper actually used
+    modules: list[str] = field(default_factory=list)  # pgolf modules with kept code
+    functions: list[str] = field(default_factory=list)  # kept top-level definitions (module.name)
+    third_party: list[str] = field(default_factory=list)  # imported top-level packages
+    source_bytes: int = 0  # the specialised program before minification
+    minified_bytes: int = 0
+
+    def data(self) -> bytes:
+        """The file's bytes (a compressed wrapper is a latin-1 source file)."""
+        return self.code.encode("latin-1" if self.compress != "none" else "utf-8")
 
 
-def _bundled() -> tuple[dict, set] | None:
-    """(SOURCES, PACKAGES) when pgolf itself runs from a generated train_gpt.py, else None."""
-    loader = getattr(pgolf, "__loader__", None)
-    sources = getattr(loader, "sources", None)
-    return (sources, loader.packages) if isinstance(sources, dict) else None
+def _substitute_config_from(tree: ast.Module, names: dict, cfg: Config) -> None:
+    """The entry's config_from(args): the config is compiled in, only the seed is read."""
+    target, seed_fn = names[(ENTRY, "config_from")], names[(ENTRY, "seed_from")]
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == target:
+            node.body = ast.parse(f"global {SEED}\n{SEED} = {seed_fn}(args.overrides, {cfg.train.seed})\n"
+                                  "return None").body
+            node.returns = None
+            return
+    raise WorkError(f"bundle: {ENTRY}.config_from not found in the flat program")
 
 
-def module_path(name: str) -> Path | None:
-    """Source file of pgolf module `name` (package -> its __init__.py), or None."""
-    parts = name.split(".")
-    if parts[0] != "pgolf":
+def _set_constants(tree: ast.Module, names: dict) -> None:
+    flat = {names[k]: v for k, v in BUNDLE_CONSTANTS.items() if k in names}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in flat:
+            node.value = ast.Constant(flat[node.targets[0].id])
+
+
+def kept_codecs(cfg: Config) -> set[str]:
+    """The artifact codecs a record run can write and read."""
+    q = cfg.quant
+    if q.codec == "auto":
+        return set(PLAIN_CODECS)
+    if q.codec == "pergroup":
+        return set(q.pergroup_codecs) | {REMAINDER_CODEC}
+    return {q.codec}
+
+
+REGISTRIES = (("pgolf.eval.methods", "METHODS", kept_methods), ("pgolf.quant.codecs", "CODECS", kept_codecs))
+
+
+def _prune_registry(tree: ast.Module, names: dict, module: str, registry: str, keep: set[str]) -> None:
+    """NAME = {x.name: x for x in (A, B, Codec("c", ...), ...)}: keep the entries named in `keep`
+    (an entry is a module-level object with a .name, or a call whose first argument is the name)."""
+    target = names.get((module, registry))
+    if target is None:
+        return
+    flat_name = {}
+    for (mod, name), flat in names.items():  # PLAIN -> "plain", TTT_SGD -> "ttt-sgd", ...
+        obj = getattr(importlib.import_module(mod), name, None)
+        if isinstance(getattr(obj, "name", None), str):
+            flat_name[flat] = obj.name
+
+    def entry(e: ast.expr) -> str | None:
+        if isinstance(e, ast.Name):
+            return flat_name.get(e.id)
+        if isinstance(e, ast.Call) and e.args and isinstance(e.args[0], ast.Constant):
+            return e.args[0].value
         return None
-    p = PKG_ROOT.joinpath(*parts[1:])
-    if (p / "__init__.py").is_file():
-        return p / "__init__.py"
-    f = p.with_suffix(".py") if len(parts) > 1 else None
-    return f if f is not None and f.is_file() else None
+
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == target for t in targets) \
+                and isinstance(node.value, ast.DictComp) and isinstance(node.value.generators[0].iter, ast.Tuple):
+            tup = node.value.generators[0].iter
+            tup.elts = [e for e in tup.elts if entry(e) in keep]
+            return
+    raise WorkError(f"bundle: {module}.{registry} is not a dict comprehension over a tuple")
 
 
-def module_source(name: str) -> tuple[str, bool] | None:
-    """(source text, is_package) of a pgolf module: from disk, or from the running bundle."""
-    bundled = _bundled()
-    if bundled is not None:
-        sources, packages = bundled
-        return (sources[name], name in packages) if name in sources else None
-    path = module_path(name)
-    if path is None:
-        return None
-    return path.read_text(encoding="utf-8"), path.name == "__init__.py"
+@functools.lru_cache(maxsize=2)
+def _flat(fingerprint: tuple) -> tuple[str, dict]:
+    """The flat program (no config yet) and its names: (module, name) -> flat name."""
+    del fingerprint
+    flat = Flattener(ENTRY, ROOT)
+    return flat.emit(), flat.unique_names()
 
 
-def _excluded(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pat) for pat in EXCLUDE)
+@functools.lru_cache(maxsize=16)
+def _program(config_json: str, fingerprint: tuple) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(specialised source, kept modules, kept definitions) for a config (cached per source state)."""
+    cfg = Config.from_dict(json.loads(config_json))
+    source, names = _flat(fingerprint)
+    tree = ast.parse(source)
+    tree.body = [s for s in tree.body if not (isinstance(s, ast.ImportFrom) and s.module == "__future__")]
+    _set_constants(tree, names)
+    _substitute_config_from(tree, names, cfg)
+    for module, registry, keep in REGISTRIES:
+        _prune_registry(tree, names, module, registry, keep(cfg))
+    classes = {names[("pgolf.config", n)]: cls for n, cls in CONFIG_CLASSES.items() if ("pgolf.config", n) in names}
+    root = names[(ENTRY, ROOT)]
+    spec = Specializer(tree, cfg, classes, {"train.seed": SEED}, roots=[root])
+    spec.run()
+    spec.drop_sections()
+    spec.run()
+    left = spec.config_reads()
+    if left:
+        raise WorkError("bundle: config reads that did not specialise (the script would need the config "
+                        "machinery):\n  " + "\n  ".join(left[:12]))
+    tree = shake_module(strip_annotations(spec.tree), [root])
+    at = next(i for i, s in enumerate(tree.body) if not isinstance(s, (ast.Import, ast.ImportFrom, ast.If, ast.Try)))
+    tree.body.insert(at, ast.parse(f"{SEED} = {cfg.train.seed}").body[0])
+    if spec.uses_ns:
+        tree.body.insert(0, ast.parse(f"from types import SimpleNamespace as {NS}").body[0])
+    tree.body += ast.parse(f"if __name__ == '__main__':\n    sys.exit({root}(sys.argv[1:]))").body
+    if not any(isinstance(s, ast.Import) and any(a.name == "sys" and not a.asname for a in s.names) for s in tree.body):
+        tree.body.insert(0, ast.parse("import sys").body[0])
+    src = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    flat_names = {v: k for k, v in names.items()}
+    defined = [s.name for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))]
+    kept = sorted(f"{flat_names[n][0]}.{flat_names[n][1]}" for n in defined if n in flat_names)
+    mods = sorted({k.rsplit(".", 1)[0] for k in kept})
+    return src, tuple(mods), tuple(kept)
 
 
-def _resolve_from(node: ast.ImportFrom, name: str, is_pkg: bool) -> str:
-    if not node.level:
-        return node.module or ""
-    base = name.split(".") if is_pkg else name.split(".")[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def imports_of(source: str, name: str, is_pkg: bool, where: str = "") -> tuple[set[str], set[str]]:
-    """(pgolf module names, other top-level module names) imported anywhere in `source`."""
-    try:
-        tree = ast.parse(source, filename=where or name)
-    except SyntaxError as e:
-        raise WorkError(f"{where or name}: cannot parse for bundling ({e})") from None
-    ours: set[str] = set()
-    other: set[str] = set()
-
-    def note(mod: str) -> None:
-        if mod == "pgolf" or mod.startswith("pgolf."):
-            ours.add(mod)
-        elif mod:
-            other.add(mod.split(".")[0])
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                note(a.name)
-        elif isinstance(node, ast.ImportFrom):
-            mod = _resolve_from(node, name, is_pkg)
-            note(mod)
-            if mod == "pgolf" or mod.startswith("pgolf."):
-                for a in node.names:  # `from pgolf.quant import container` imports a submodule
-                    if module_source(f"{mod}.{a.name}") is not None:
-                        ours.add(f"{mod}.{a.name}")
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            fn = node.func
-            fname = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
-            if fname == "import_module" and isinstance(node.args[0].value, str):
-                note(node.args[0].value)
-    return ours, other
-
-
-def _with_parents(mod: str) -> list[str]:
-    parts = mod.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def _stdlib() -> frozenset[str]:
-    import sys
-
-    return frozenset(getattr(sys, "stdlib_module_names", ())) | frozenset(sys.builtin_module_names)
-
-
-@functools.lru_cache(maxsize=8)
-def _closure_cached(entry: str, fingerprint: tuple, skip: frozenset = frozenset()) -> BundleInfo:
-    del fingerprint  # part of the cache key only
-    todo, seen, forced, missing = [entry], set(skip), set(), []
-    third: set[str] = set()
-    while todo:
-        mod = todo.pop()
-        if mod in seen:
-            continue
-        found = module_source(mod)
-        seen.add(mod)
-        if found is None:
-            missing.append(mod)
-            continue
-        ours, other = imports_of(found[0], mod, found[1])
-        third |= other
-        for dep in ours:
-            for m in _with_parents(dep):
-                if m in seen:
-                    continue
-                if _excluded(m) and m != entry:
-                    forced.add(m)
-                todo.append(m)
-        for parent in _with_parents(mod)[:-1]:
-            if parent not in seen:
-                todo.append(parent)
-    if missing:
-        raise WorkError(f"bundle: pgolf modules imported but not found under {PKG_ROOT}: {sorted(missing)}")
-    mods = sorted(seen - skip)
-    std = _stdlib()
-    return BundleInfo(mods, [m for m in mods if module_source(m)[1]], forced=sorted(forced),
-                      third_party=sorted(t for t in third if t not in std and t != "__future__"),
-                      skipped=sorted(skip))
+def strip_annotations(tree: ast.Module) -> ast.Module:
+    """No annotations left to keep definitions alive (python-minifier drops them anyway); a dataclass
+    field keeps a neutral one, which the dataclass machinery needs."""
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n.returns = None
+            for a in (*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs, n.args.vararg, n.args.kwarg):
+                if a is not None:
+                    a.annotation = None
+        elif isinstance(n, ast.ClassDef):
+            for f in n.body:
+                if isinstance(f, ast.AnnAssign):
+                    f.annotation = ast.Constant("object")
+    for n in ast.walk(tree):  # annotated locals: plain assignments (or nothing, when without a value)
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(n, name, None)
+            if isinstance(block, list) and block and not isinstance(n, ast.ClassDef):
+                setattr(n, name, [ast.Assign([s.target], s.value) if isinstance(s, ast.AnnAssign) and s.value is not None
+                                  else s for s in block if not (isinstance(s, ast.AnnAssign) and s.value is None)]
+                        or [ast.Pass()])
+    return ast.fix_missing_locations(tree)
 
 
 def _fingerprint() -> tuple:
-    """(path, mtime, size) of every package source: the closure cache follows edits."""
-    if _bundled() is not None:
-        return ()
-    out = []
-    for p in sorted(PKG_ROOT.rglob("*.py")):
-        st = p.stat()
-        out.append((str(p), st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
-def module_closure(entry: str = ENTRY, cfg: Config | None = None) -> BundleInfo:
-    """The modules `entry` needs; with a config, OPTIONAL modules it does not need are left out."""
-    skip = frozenset(m for m, needed in OPTIONAL.items() if cfg is not None and not needed(cfg))
-    return _closure_cached(entry, _fingerprint(), skip)
+    """(path, mtime, size) of every package source: the caches follow edits."""
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(PKG_ROOT.rglob("*.py")))
 
 
 def embedded_config(cfg: Config) -> dict:
-    """The config the bundle carries: machine-local paths blanked, seed reset to the default."""
-    d = json.loads(cfg.to_json())
+    """The config a bundle compiles in: machine-local paths blanked and the default seed, so that
+    every seed of a recipe gets the same file (the seed is read at run time)."""
+    d = cfg.to_dict()
     d["data"]["path"] = ""
     d["data"]["tokenizer"] = ""
     d["train"]["seed"] = TrainConfig().seed
     return d
 
 
-def _literal(text: str) -> str:
-    """A Python string literal for `text`: readable triple quotes when exact, else repr."""
-    body = text.replace("\\", "\\\\").replace("'''", "\\'\\'\\'")
-    if body.endswith("'"):
-        body = body[:-1] + "\\'"
-    lit = "'''" + body + "'''"
-    try:
-        if ast.literal_eval(lit) == text:
-            return lit
-    except (SyntaxError, ValueError):
-        pass
-    return repr(text)
-
-
-_IMPORTER = '''
-_HERE = os.path.dirname(os.path.abspath(globals().get("__file__") or "train_gpt.py"))
-
-
-class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves the embedded pgolf modules; inserted first so an installed pgolf never shadows them."""
-
-    sources, packages = SOURCES, PACKAGES  # pgolf.submit.bundle regenerates this file from them
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in SOURCES:
-            return None
-        is_pkg = name in PACKAGES
-        rel = name.split(".") + (["__init__.py"] if is_pkg else [])
-        origin = os.path.join(_HERE, *rel) + ("" if is_pkg else ".py")
-        spec = importlib.machinery.ModuleSpec(name, self, origin=origin, is_package=is_pkg)
-        spec.has_location = True  # sets __file__ (config.py locates recipes relative to it)
-        return spec
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        src, fname = SOURCES[module.__name__], module.__spec__.origin
-        linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
-        exec(compile(src, fname, "exec"), module.__dict__)
-
-
-sys.meta_path.insert(0, _BundleImporter())
-
-if __name__ == "__main__":
-    import ENTRY_MODULE
-
-    sys.exit(ENTRY_MODULE.main(["--config-json", CONFIG_JSON, *sys.argv[1:]]))
-'''
+def program_source(cfg: Config) -> str:
+    return _program(json.dumps(embedded_config(cfg), sort_keys=True), _fingerprint())[0]
 
 
 def minify(source: str) -> str:
-    """The same module without docstrings and comments (ast round trip; idempotent).
-
-    The counted (compressed) bundle carries no prose: the readable sources live in the repository.
-    """
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                body.pop(0)
-                if not body:
-                    body.append(ast.Pass())
-    return ast.unparse(tree) + "\n"
+    return python_minifier.minify(source, rename_globals=True, remove_literal_statements=True, remove_asserts=True,
+                                  remove_debug=True, hoist_literals=False) + "\n"
 
 
-def render(cfg: Config, entry: str = ENTRY, strip: bool = False) -> str:
-    """The uncompressed train_gpt.py text (`entry` is swapped only by tests); `strip` minifies."""
-    info = module_closure(entry, cfg)
-    conf = json.dumps(embedded_config(cfg), sort_keys=True, separators=(",", ":"))
-    deps = ", ".join(info.third_party)
-    lines = [
-        f"# train_gpt.py: generated by pgolf {pgolf.__version__} from recipe '{cfg.name}' "
-        f"({len(info.modules)} modules embedded; pgolf need not be installed).",
-        f"# Needs: {deps}. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py --data DIR "
-        "[--set train.seed=N]",
-        "import importlib.abc, importlib.machinery, linecache, os, sys",
-        "",
-        "SOURCES = {",
-    ]
-    for mod in info.modules:
-        src = module_source(mod)[0]  # type: ignore[index]
-        lines.append(f"{mod!r}: {_literal(minify(src) if strip else src)},")
-    packages = "{" + ", ".join(repr(p) for p in info.packages) + "}"  # sorted: the file is deterministic
-    lines += ["}", f"PACKAGES = {packages}", f"CONFIG_JSON = {conf!r}", ""]
-    return "\n".join(lines) + _IMPORTER.replace("ENTRY_MODULE", entry)
+def latin1_literal(blob: bytes) -> str:
+    """The bytes as a triple-quoted str literal of a latin-1 source file (read back with
+    .encode('latin1')). Escaped only where a source file must be: backslash, CR (newline translation
+    would make it LF), NUL, and a quote that would close the literal."""
+    out = []
+    quotes = 0
+    for i, ch in enumerate(blob.decode("latin-1")):
+        if ch == "\\":
+            ch = "\\\\"
+        elif ch == "\r":
+            ch = "\\r"
+        elif ch == "\0":
+            ch = "\\x00" if i + 1 < len(blob) and 48 <= blob[i + 1] <= 55 else "\\0"
+        elif ch == "'" and (quotes == 2 or i == len(blob) - 1):
+            ch = "\\'"
+        quotes = quotes + 1 if ch == "'" else 0
+        out.append(ch)
+    return "'''" + "".join(out) + "'''"
 
 
-def _compress(raw: bytes, compress: str) -> str:
-    if compress == "lzma":
-        blob = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-    else:
-        import brotli
-
-        blob = brotli.compress(raw, quality=11)
-    enc = base64.b85encode(blob).decode("ascii")  # b85 has no quotes or backslashes
-    return (f"# train_gpt.py (pgolf, {compress}+base85 self-extracting)\n"
-            f"import {compress},base64;exec({compress}.decompress(base64.b85decode(\"{enc}\")))\n")
-
-
-def bundle_code(cfg: Config, compress: str = "none", entry: str = ENTRY) -> str:
-    """The single-file train_gpt.py for `cfg` (optionally a compressed self-extracting wrapper)."""
+def wrap(minified: str, compress: str) -> tuple[str, str]:
+    """(file text, wrapper used): the program itself for "none", else a self-extracting stub."""
     if compress not in COMPRESSIONS:
         raise InputError(f"--compress: expected one of {' | '.join(COMPRESSIONS)}, got '{compress}'")
-    text = render(cfg, entry, strip=compress != "none")
     if compress == "none":
-        return text
-    return _compress(text.encode("utf-8"), compress)
+        return minified, "none"
+    raw = minified.encode("utf-8")
+    blobs = {"lzma": lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]),
+             "brotli": brotli.compress(raw, quality=11, lgwin=24)}
+    choice = min(blobs, key=lambda k: len(blobs[k])) if compress == "auto" else compress
+    if choice == "lzma":
+        head = "import lzma\nexec(lzma.decompress(L.encode('latin1'),lzma.FORMAT_RAW,None,[{'id':lzma.FILTER_LZMA2}]))"
+    else:
+        head = "import brotli\nexec(brotli.decompress(L.encode('latin1')))"
+    text = f"#coding:latin1\nL={latin1_literal(blobs[choice])}\n{head}\n"
+    return text, choice
 
 
 @functools.lru_cache(maxsize=32)
-def _code_bytes_cached(config_json: str, compress: str, fingerprint: tuple) -> int:
-    del fingerprint
-    cfg = Config.from_dict(json.loads(config_json))
-    return len(bundle_code(cfg, compress).encode("utf-8"))
+def _bundle(config_json: str, compress: str, fingerprint: tuple) -> Bundle:
+    src, mods, kept = _program(config_json, fingerprint)
+    mini = minify(src)
+    text, used = wrap(mini, compress)
+    std = std_modules()
+    third = sorted({line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
+                   - std - {"__future__"})
+    b = Bundle(text, 0, used, list(mods), list(kept), third, len(src.encode()), len(mini.encode()))
+    b.code_bytes = len(b.data())
+    return b
 
 
-def code_bytes(cfg: Config, compress: str = "none") -> int:
-    """Bytes of train_gpt.py for `cfg`: the code part of the artifact budget (cached per config)."""
-    key = json.dumps(embedded_config(cfg), sort_keys=True)
-    return _code_bytes_cached(key, compress, _fingerprint())
+def bundle_info(cfg: Config, compress: str | None = None) -> Bundle:
+    """The counted script for `cfg` and what it holds (cached per config and source state)."""
+    return _bundle(json.dumps(embedded_config(cfg), sort_keys=True), compress or cfg.quant.code_compress, _fingerprint())
 
 
-def requirements(info: BundleInfo | None = None) -> list[str]:
-    """Pinned `dist==version` lines for the bundle's third-party imports that are installed here."""
-    from importlib import metadata
+def code_bytes(cfg: Config, compress: str | None = None) -> int:
+    """Bytes of train_gpt.py for `cfg`: the code part of the artifact budget."""
+    return bundle_info(cfg, compress).code_bytes
 
-    info = info or module_closure()
+
+def write_bundle(path: str | Path, b: Bundle) -> None:
+    atomic_write_bytes(path, b.data())
+
+
+def distribution_names(modules: list[str]) -> list[str]:
+    """The installed distributions that provide these top-level modules (lowercased)."""
+    dists = metadata.packages_distributions()
+    return sorted({d.lower() for m in modules for d in dists.get(m, [])})
+
+
+def requirements(b: Bundle) -> list[str]:
+    """Pinned `dist==version` lines for exactly the bundle's third-party imports."""
     dists = metadata.packages_distributions()
     out = set()
-    for mod in info.third_party:
+    for mod in b.third_party:
         for dist in dists.get(mod, []):
             try:
                 out.add(f"{dist}=={metadata.version(dist).split('+')[0]}")  # no local tag (+cpu, +cu128)
             except metadata.PackageNotFoundError:
                 continue
     return sorted(out, key=str.lower)
+
