@@ -136,6 +136,16 @@ def test_eq_r_normalizes_rows_before_ns(monkeypatch):
     torch.testing.assert_close(seen[1], u)
 
 
+def test_eq_r_floors_the_row_norm_like_the_records():
+    # upstream: g / g.norm(dim=-1).clamp_min(1e-7); rows with norms near 1e-7 still get unit norm
+    u = torch.randn(6, 32, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True) * torch.tensor([1.0, 1e-3, 1e-6, 3e-7, 1e-7, 1e-9], dtype=torch.float64)[:, None]
+    got = row_normalize(u).norm(dim=1)
+    want = u.norm(dim=1) / torch.clamp(u.norm(dim=1), min=1e-7)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert abs(float(got[2]) - 1.0) < 1e-12 and abs(float(got[5]) - 0.01) < 1e-12  # (n + eps) gives 0.909 and 0.0099
+
+
 def test_group_lr_and_momentum_are_read_each_step():
     p = torch.nn.Parameter(torch.randn(8, 8))
     p0 = p.detach().clone()

@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from pgolf.config import ConfigError
+from pgolf import runtime
+from pgolf.errors import ConfigError
 
 Coeffs = tuple[float, float, float]
 
@@ -97,8 +98,10 @@ def zeropower_via_newtonschulz(
 
 
 def row_normalize(u: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """MuonEq-R: divide each row by its L2 norm so no output unit dominates the NS input."""
-    return u / (u.norm(dim=1, keepdim=True) + eps)
+    """MuonEq-R: divide each row by its L2 norm so no output unit dominates the NS input. Like the
+    records, the norm is floored at eps (adding eps instead shrinks rows with norms near 1e-7)."""
+    x = u if u.dtype.itemsize >= 4 else u.float()  # bf16 norms in fp32, as upstream does
+    return u / x.norm(dim=1, keepdim=True).clamp_min(eps).to(u.dtype)
 
 
 def orthogonalized_update(
@@ -117,12 +120,6 @@ def orthogonalized_update(
     # Orthogonal rows/cols have RMS 1/sqrt(max dim); this rescale keeps tall matrices' steps comparable.
     o = o * math.sqrt(max(1.0, u2.size(0) / u2.size(1)))
     return o.reshape(u.shape)
-
-
-def _dist_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class Muon(torch.optim.Optimizer):
@@ -161,7 +158,7 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        world, rank = _dist_world()
+        world, rank = runtime.world(), runtime.rank()
         items = [(g, p) for g in self.param_groups for p in g["params"]]
         if not items:
             return loss
