@@ -325,7 +325,7 @@ def replace_cfg(cfg: ModelConfig, **kw) -> ModelConfig:
 @pytest.mark.parametrize("sw", [dict(smear_gate="v1"), dict(smear_gate="v2"), dict(bigram_buckets=32, bigram_dim=8),
                                 dict(smear_gate="v2", bigram_buckets=32, bigram_dim=8)])
 def test_previous_doc_never_reaches_embedding_at_bos_and_after(sw: dict) -> None:
-    model = build(tiny_cfg(**sw))
+    model = build(tiny_cfg(**sw, prev_token_bos_mask=True))
     idx = tokens(2, 20)
     idx[:, 8] = BOS
     other = idx.clone()
@@ -343,8 +343,33 @@ def test_previous_doc_never_reaches_embedding_at_bos_and_after(sw: dict) -> None
     assert (c[:, 1] - a[:, 1]).abs().max() > 1e-5
 
 
-def test_smear_v1_formula_and_bos_mask() -> None:
+@pytest.mark.parametrize("sw", [dict(smear_gate="v1"), dict(bigram_buckets=32, bigram_dim=8)])
+def test_unmasked_records_mix_documents_except_in_doc_isolated_eval(sw: dict) -> None:
+    model = build(tiny_cfg(**sw))  # the records' default: no BOS mask
+    idx = tokens(2, 20)
+    idx[:, 8] = BOS
+    other = idx.clone()
+    other[:, 7] = (idx[:, 7] + 1 - 2) % (V - 2) + 2  # the previous document's last token
+    with torch.no_grad():
+        assert (model.embed(idx)[:, 8] - model.embed(other)[:, 8]).abs().max() > 1e-5
+        torch.testing.assert_close(model.embed(idx, doc_isolated=True)[:, 8:],
+                                   model.embed(other, doc_isolated=True)[:, 8:], rtol=0, atol=0)
+
+
+def test_smear_v1_unmasked_is_the_records_formula() -> None:
     model = build(tiny_cfg(smear_gate="v1"))
+    idx = tokens(1, 10)
+    idx[0, 4] = BOS
+    with torch.no_grad():
+        x = rms_norm(model.tok_emb(idx))
+        out = model.embed(idx)
+        g = torch.sigmoid(model.smear.gate)
+    prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)  # PR #493: (1 - g) x + g x_prev
+    torch.testing.assert_close(out, (1 - g) * x + g * prev, rtol=0, atol=0)
+
+
+def test_smear_v1_formula_and_bos_mask() -> None:
+    model = build(tiny_cfg(smear_gate="v1", prev_token_bos_mask=True))
     idx = tokens(1, 10)
     idx[0, 4] = BOS
     with torch.no_grad():
@@ -371,8 +396,29 @@ def test_smear_v2_identity_at_init_and_formula() -> None:
     torch.testing.assert_close(out[0, 0], x[0, 0])
 
 
-def test_bigram_bucket_ids() -> None:
+def test_bigram_bucket_ids_unmasked_are_the_records_hash() -> None:
     bh = BigramHash(tiny_cfg(bigram_buckets=50, bigram_dim=8))
+    idx = torch.tensor([[5, 9, BOS, 7, 63, 2]])
+    t = idx.to(torch.int32)  # PR #493: position 0 -> mod, else (36313 cur ^ 27191 prev) % mod
+    want = torch.cat((torch.full((1, 1), 49), torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % 49), dim=1)
+    assert bh.bucket_ids(idx).tolist() == want.long().tolist()
+
+
+def test_bigram_record_init_zero_table_orthogonal_scaled_projection() -> None:
+    cfg = tiny_cfg(bigram_buckets=32, bigram_dim=64, model_dim=64, num_heads=4, num_kv_heads=2, num_layers=6)
+    model = GPT(cfg)
+    assert torch.count_nonzero(model.bigram.table.weight) == 0
+    w = model.bigram.proj.weight.double() * math.sqrt(2 * 6)  # orthogonal / sqrt(2 * layers)
+    torch.testing.assert_close(w @ w.T, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-5)
+    small = GPT(tiny_cfg(bigram_buckets=32, bigram_dim=8))  # a side < 64: the records leave it zero
+    assert torch.count_nonzero(small.bigram.proj.weight) == 0
+    normal = GPT(tiny_cfg(bigram_buckets=32, bigram_dim=8, bigram_init="normal"))
+    assert torch.count_nonzero(normal.bigram.proj.weight) == 0
+    assert 0.015 < float(normal.bigram.table.weight.std()) < 0.025
+
+
+def test_bigram_bucket_ids() -> None:
+    bh = BigramHash(tiny_cfg(bigram_buckets=50, bigram_dim=8, prev_token_bos_mask=True))
     idx = torch.tensor([[5, 9, BOS, 7, 63, 2]])
     ids = bh.bucket_ids(idx)[0].tolist()
     assert ids[0] == 49 and ids[2] == 49  # position 0 and BOS: the reserved last bucket
@@ -411,7 +457,8 @@ def test_ortho_init_orthogonal_matrices_and_zero_output_projections() -> None:
         # c_k is 32x64: a dimension < 64, so it keeps the default init (not orthonormal rows)
         w = b.attn.c_k.weight.detach()
         assert (w @ w.t() - eye(32)).abs().max() > 0.1
-    assert torch.count_nonzero(model.bigram.proj.weight) == 0
+    w = model.bigram.proj.weight.detach() * math.sqrt(2 * 4)  # the record init: orthogonal / sqrt(2 * layers)
+    torch.testing.assert_close(w @ w.t(), eye(64), atol=1e-5, rtol=0)
     assert all(torch.count_nonzero(p.weight) == 0 for p in model.value_embed.projs)
     plain = GPT(tiny_cfg(model_dim=64, num_heads=4, num_kv_heads=2))
     w = plain.blocks[0].attn.c_q.weight.detach()

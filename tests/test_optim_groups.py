@@ -144,3 +144,26 @@ def test_muon_and_adam_reduce_regression_loss():
             o.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_frozen_parameters_stay_at_init_and_join_no_optimizer(tmp_path):
+    from pgolf.config import ConfigError, load_config
+    from pgolf.model.gpt import GPT
+    from pgolf.optim.groups import freeze_params
+    from train_util import make_real_data, tiny_config, trainer_for
+
+    cfg = tiny_config(**{"model.smear_gate": "v1", "optim.frozen": ["smear.gate", "blocks.0.attn_scale"],
+                         "train.max_steps": 3, "train.val_every": 0})
+    tr = trainer_for(cfg, make_real_data(tmp_path))
+    try:
+        before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+        in_opt = {id(p) for o in tr.optimizers for g in o.param_groups for p in g["params"]}
+        tr.loop()
+    finally:
+        tr.loader.close()
+    for n, p in tr.model.named_parameters():
+        frozen = n in ("smear.gate", "blocks.0.attn_scale")
+        assert (id(p) not in in_opt) == frozen and p.requires_grad != frozen, n
+        assert torch.equal(p, before[n]) == frozen, n  # everything else trained
+    with pytest.raises(ConfigError, match="optim.frozen: 'smear.gaet'"):
+        freeze_params(GPT(load_config("tiny").model), ("smear.gaet",))

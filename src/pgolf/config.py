@@ -29,6 +29,7 @@ BOS_ID = 1  # the challenge's document delimiter (every doc is [BOS] + tokens)
 
 Activation = Literal["relu2", "leaky_relu2", "swiglu"]
 SmearGate = Literal["none", "v1", "v2"]
+BigramInit = Literal["record", "normal"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -101,6 +102,10 @@ class ModelConfig:
     bigram_buckets: int = knob(0, "BigramHash buckets (0 = off)")
     bigram_dim: int = knob(128, "BigramHash table width")
     bigram_scale_init: float = knob(0.05, "initial BigramHash output scale")
+    bigram_init: BigramInit = knob("record", "record: zero table, orthogonal projection / sqrt(2 * layers) "
+                                   "(PR #493); normal: N(0, 0.02) table, zero projection")
+    prev_token_bos_mask: bool = knob(False, "SmearGate and BigramHash see no previous token at a BOS (pgolf's "
+                                     "fix; the records mix documents there). Doc-isolated eval always masks")
     ortho_init: bool = knob(False, "orthogonal init of matrices with both sides >= 64")
     value_embed_layers: int = knob(0, "value embeddings added to V in the last N layers (0 = off)")
     value_embed_dim: int = knob(128, "value-embedding table width")
@@ -179,6 +184,7 @@ class OptimConfig:
     embed_wd: float = knob(0.0, "AdamW decoupled weight decay on embeddings")
     scalar_wd: float = knob(0.0, "AdamW decoupled weight decay on scalars")
     grad_clip: float = knob(0.0, "global gradient-norm clip (0 = off)")
+    frozen: tuple[str, ...] = knob((), "globs of parameter names kept at their init, in no optimizer")
     ema_decay: float = knob(0.0, "EMA of the weights every step (0 = off); exported when on")
     ema_from_init: bool = knob(True, "the EMA starts from the initial weights (the records); false: from step 1's")
     swa_every: int = knob(0, "SWA: average a snapshot every N steps (0 = off)")

@@ -1,9 +1,12 @@
 """Embedding-side techniques: BigramHash, SmearGate (v1/v2) and value embeddings.
 
-Every previous-token term is cut at document starts: a token that is BOS (and position 0) sees no
-previous token, so nothing from one document leaks into the next.
+Position 0 never sees a previous token. With `model.prev_token_bos_mask` (and always in doc-isolated
+evaluation) a BOS token sees none either, so nothing from one document leaks into the next; the
+records leave BOS unmasked, which is the default.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -14,9 +17,9 @@ from pgolf.model.layers import CastedLinear
 SMEAR_INPUT_DIMS = 12
 
 
-def previous_token_mask(idx: torch.Tensor, bos_id: int) -> torch.Tensor:
-    """[B, T] bool: True where position t may use token t-1 (not position 0, not a BOS token)."""
-    keep = idx != bos_id
+def previous_token_mask(idx: torch.Tensor, bos_id: int, at_bos: bool = True) -> torch.Tensor:
+    """[B, T] bool: True where position t may use token t-1 (not position 0; with at_bos not a BOS)."""
+    keep = (idx != bos_id) if at_bos else torch.ones_like(idx, dtype=torch.bool)
     keep = keep.clone()
     keep[:, 0] = False
     return keep
@@ -32,20 +35,28 @@ class BigramHash(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.buckets, self.bos_id = cfg.bigram_buckets, cfg.bos_id
+        self.buckets, self.bos_id, self.mask_bos = cfg.bigram_buckets, cfg.bos_id, cfg.prev_token_bos_mask
         self.table = nn.Embedding(cfg.bigram_buckets, cfg.bigram_dim)
-        nn.init.normal_(self.table.weight, std=0.02)
-        self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim, zero_init=True)
+        record = cfg.bigram_init == "record"
+        # record: the GPT's init pass makes the projection orthogonal (both sides >= 64, else zero)
+        ortho = record and min(cfg.bigram_dim, cfg.model_dim) >= 64
+        if record:
+            nn.init.zeros_(self.table.weight)
+        else:
+            nn.init.normal_(self.table.weight, std=0.02)
+        self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim, zero_init=not ortho)
+        self.proj.ortho_gain = 1 / math.sqrt(2 * cfg.num_layers) if ortho else 0.0
         self.scale = nn.Parameter(torch.tensor(float(cfg.bigram_scale_init)))
 
-    def bucket_ids(self, idx: torch.Tensor) -> torch.Tensor:
+    def bucket_ids(self, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
         prev = shift_right(idx)
         h = torch.bitwise_xor(idx * 36313, prev * 27191) % (self.buckets - 1)
         # Pairs without a valid previous token share the last bucket.
-        return torch.where(previous_token_mask(idx, self.bos_id), h, torch.full_like(h, self.buckets - 1))
+        keep = previous_token_mask(idx, self.bos_id, self.mask_bos or doc_isolated)
+        return torch.where(keep, h, torch.full_like(h, self.buckets - 1))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.proj(self.table(self.bucket_ids(idx)))
+    def forward(self, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
+        return self.scale * self.proj(self.table(self.bucket_ids(idx, doc_isolated)))
 
 
 class SmearGate(nn.Module):
@@ -57,18 +68,23 @@ class SmearGate(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.version, self.bos_id = cfg.smear_gate, cfg.bos_id
+        self.version, self.bos_id, self.mask_bos = cfg.smear_gate, cfg.bos_id, cfg.prev_token_bos_mask
         if self.version == "v1":
             self.gate = nn.Parameter(torch.zeros(cfg.model_dim))
         else:
             self.gate = nn.Parameter(torch.zeros(SMEAR_INPUT_DIMS))
             self.smear_lambda = nn.Parameter(torch.zeros(()))
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        keep = previous_token_mask(idx, self.bos_id).unsqueeze(-1).to(x.dtype)
-        prev = shift_right(x) * keep
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
+        prev = shift_right(x)
+        masked = self.mask_bos or doc_isolated
+        if masked:
+            keep = previous_token_mask(idx, self.bos_id).unsqueeze(-1).to(x.dtype)
+            prev = prev * keep
         if self.version == "v1":
             g = torch.sigmoid(self.gate.to(x.dtype))
+            if not masked:  # the records: (1 - g) x + g x_prev, position 0 blended with zeros
+                return (1 - g) * x + g * prev
             # At a document start the blend must not shrink the token either: g only where kept.
             return x + g * keep * (prev - x)
         g = torch.sigmoid(x[..., :SMEAR_INPUT_DIMS] @ self.gate.to(x.dtype)).unsqueeze(-1)

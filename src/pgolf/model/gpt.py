@@ -96,10 +96,14 @@ class GPT(nn.Module):
         cfg = self.cfg
         if cfg.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
-        if cfg.ortho_init:
-            for m in self.modules():
-                if isinstance(m, CastedLinear) and not m.zero_init and min(m.weight.shape) >= 64:
-                    orthogonal_init_(m.weight)
+        # In module order, like the records, so the same seed gives the same weights.
+        for m in self.modules():
+            gain = getattr(m, "ortho_gain", 0.0)  # BigramHash's record init
+            if isinstance(m, CastedLinear) and not m.zero_init and min(m.weight.shape) >= 64 and (cfg.ortho_init or gain):
+                orthogonal_init_(m.weight)
+                if gain:
+                    with torch.no_grad():
+                        m.weight.mul_(gain)
 
     # -- schedule -------------------------------------------------------------------------------
     def set_recurrence(self, active: bool) -> None:
@@ -109,14 +113,14 @@ class GPT(nn.Module):
         return layer_schedule(self.cfg, self.recurrence_active)
 
     # -- forward --------------------------------------------------------------------------------
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
         """Token (+ BigramHash) embedding, RMS-normed, then SmearGate (the records' order)."""
         x = self.tok_emb(idx)
         if self.bigram is not None:
-            x = x + self.bigram(idx).to(x.dtype)
+            x = x + self.bigram(idx, doc_isolated).to(x.dtype)
         x = rms_norm(x)
         if self.smear is not None:
-            x = self.smear(x, idx)
+            x = self.smear(x, idx, doc_isolated)
         return x
 
     def doc_mask(self, idx: torch.Tensor) -> torch.Tensor:
@@ -134,7 +138,7 @@ class GPT(nn.Module):
 
     def hidden(self, idx: torch.Tensor, doc_isolated: bool = False) -> torch.Tensor:
         """Final-normed hidden states [B, T, d]."""
-        x0 = x = self.embed(idx)
+        x0 = x = self.embed(idx, doc_isolated)
         mask = self.doc_mask(idx) if doc_isolated else None
         ve = self.value_embed.table(idx) if self.value_embed is not None else None
         order = self.schedule()

@@ -7,6 +7,7 @@ Rules, first match wins (a tied lm_head is the embedding's tensor, so it is coun
           or elsewhere with both sides >= 64 (e.g. the BigramHash projection)           Muon matrix_lr, muon_wd
   scalar  everything else: vectors, biases, gains, mixes, gates, skip weights, small
           projections outside the blocks                                                AdamW scalar_lr, scalar_wd
+Parameters matching optim.frozen (freeze_params) have requires_grad off and join no group.
 A control tensor is a bare parameter (not owned by an nn.Linear) whose own name contains one of
 CONTROL_PATTERNS, e.g. blocks.0.resid_mix (2, d) or blocks.0.attn.out_gate (heads, 12). Linear
 weights are never control tensors, so a SwiGLU "mlp.gate" Linear still goes to Muon.
@@ -15,10 +16,12 @@ Each group carries "name" (embed/head/scalar/matrix), "base_lr" (schedules multi
 """
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.nn as nn
 
-from pgolf.config import OptimConfig
+from pgolf.config import ConfigError, OptimConfig
 from pgolf.optim.muon import Muon
 
 CONTROL_PATTERNS = ("scale", "mix", "gain", "skip", "gate", "lambda")
@@ -69,6 +72,17 @@ def classify_params(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]
         owner_name, owner, attr = owners[id(p)]
         out[param_kind(name, p, owner, owner_name, attr)].append((name, p))
     return out
+
+
+def freeze_params(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Parameters whose names match a glob stop training (requires_grad off); their names."""
+    names = [n for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ConfigError(f"optim.frozen: '{pat}' matches no parameter of this model")
+    for n in names:
+        model.get_parameter(n).requires_grad_(False)
+    return names
 
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:

@@ -34,7 +34,7 @@ from pgolf.logs import bar, fmt_bpb, fmt_rate, log, plural
 from pgolf.model.gpt import GPT
 from pgolf.model.weights import model_state
 from pgolf.optim.averaging import make_averager
-from pgolf.optim.groups import build_optimizers, describe_groups
+from pgolf.optim.groups import build_optimizers, describe_groups, freeze_params
 from pgolf.optim.schedule import Schedule
 from pgolf.quant.gptq import collect_hessians, hessian_targets
 from pgolf.quant.qat import attach_qat, late_qat_should_enable, set_qat_enabled
@@ -117,6 +117,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(self.device)
         attach_qat(self.model, cfg.quant)  # "full": on now; "late": switched on later
+        if cfg.optim.frozen:
+            freeze_params(self.model, cfg.optim.frozen)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizers = build_optimizers(self.model, cfg.optim)
         self.schedule = Schedule.from_config(cfg.train, cfg.optim)
