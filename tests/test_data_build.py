@@ -31,7 +31,7 @@ def test_cli_build_reproduces_official_val_shard(tmp_path, shared_dir, val_docs,
     assert m["tokenizer"]["vocab_size"] == vocab and len(m["tokenizer"]["sha256"]) == 64
     assert m["inputs"][0]["path"] == str(val_docs) and m["inputs"][0]["bytes"] == val_docs.stat().st_size
     assert m["settings"] == {"val_docs": 901, "shard_tokens": 100_000_000, "bos_id": 1,
-                             "doc_format": "[BOS] + sp.encode(text)"}
+                             "doc_format": "[BOS] + sp.encode(text)", "text_transform": "identity"}
 
 
 def _expected_stream(docs, model):

@@ -2,6 +2,8 @@
 
 Each document becomes [BOS=1] + sp.encode(text); documents are concatenated per split and cut into
 shards of exactly `shard_tokens` tokens (documents may span shards, the last shard is shorter).
+With caseops, each text is CaseOps-transformed first (pgolf.data.caseops) and the val split gets a
+byte sidecar, fineweb_val_bytes_*.bin: per token the original UTF-8 bytes it stands for (BOS 0).
 Streaming: documents are read, tokenized and written in bounded batches, never the whole corpus.
 Tokenization runs in a process pool with a bounded window of batches in flight, results consumed
 in submission order, so the output is byte-identical for any worker count.
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 import pgolf
 from pgolf.atomic import atomic_dir
+from pgolf.data import caseops as co
 from pgolf.data.corpus import expand_paths, iter_documents
 from pgolf.data.manifest import MANIFEST, tokenizer_record, write_manifest
 from pgolf.data.shards import shard_name, write_shard
@@ -45,21 +48,34 @@ def _init_worker(model_path: str) -> None:
     _SP = load_tokenizer(model_path)
 
 
-def _encode_with(sp, texts: list[str]) -> np.ndarray:
-    """[BOS] + ids for each text, concatenated, as uint16."""
-    ids = sp.encode(texts)
-    lengths = [len(x) + 1 for x in ids]
-    out = np.empty(sum(lengths), dtype=np.uint16)
+def _flat(seqs: list[list[int]]) -> np.ndarray:
+    """[0] + seq for each sequence, concatenated, as uint16 (the caller sets the BOS entries)."""
+    out = np.zeros(sum(len(x) + 1 for x in seqs), dtype=np.uint16)
     pos = 0
-    for seq, n in zip(ids, lengths):
-        out[pos] = BOS_ID
-        out[pos + 1: pos + n] = seq
-        pos += n
+    for seq in seqs:
+        out[pos + 1: pos + 1 + len(seq)] = seq
+        pos += len(seq) + 1
     return out
 
 
-def _encode_batch(texts: list[str]) -> np.ndarray:
-    return _encode_with(_SP, texts)
+def _encode_with(sp, texts: list[str], caseops: bool = False,
+                 sidecar: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """([BOS] + ids for each text, concatenated, as uint16; the byte sidecar or None)."""
+    if caseops:
+        texts = [co.encode(t) for t in texts]
+    if sidecar:
+        protos = sp.encode(texts, out_type="proto")  # piece surfaces: needs protobuf
+        ids = [[p.id for p in pr.pieces] for pr in protos]
+        counts = _flat([co.original_bytes(p.surface for p in pr.pieces) for pr in protos])  # BOS: 0 bytes
+    else:
+        ids, counts = sp.encode(texts), None
+    tokens = _flat(ids)
+    tokens[np.cumsum([0] + [len(x) + 1 for x in ids[:-1]])] = BOS_ID
+    return tokens, counts
+
+
+def _encode_batch(texts: list[str], caseops: bool, sidecar: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    return _encode_with(_SP, texts, caseops, sidecar)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -123,18 +139,19 @@ def _batches(docs: Iterable[str], val_docs: int) -> Iterator[tuple[str, list[str
 
 
 def _encoded(batches: Iterator[tuple[str, list[str]]], model_path: str, workers: int,
-             sp) -> Iterator[tuple[str, int, np.ndarray]]:
-    """(split, n_docs, tokens) per batch, in order; at most 2*workers batches in flight."""
+             sp, caseops: bool = False) -> Iterator[tuple[str, int, tuple]]:
+    """(split, n_docs, (tokens, sidecar)) per batch, in order; at most 2*workers batches in flight."""
     if workers <= 1:
         for split, texts in batches:
-            yield split, len(texts), _encode_with(sp, texts)
+            yield split, len(texts), _encode_with(sp, texts, caseops, caseops and split == "val")
         return
     # spawn: no fork of a parent that may hold threads (tqdm, loaders) or CUDA state.
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path,)) as pool:
         pending: deque = deque()
         for split, texts in batches:
-            pending.append((split, len(texts), pool.apply_async(_encode_batch, (texts,))))
+            job = pool.apply_async(_encode_batch, (texts, caseops, caseops and split == "val"))
+            pending.append((split, len(texts), job))
             if len(pending) >= 2 * workers:
                 s, n, res = pending.popleft()
                 yield s, n, res.get()
@@ -157,7 +174,7 @@ def _check_out(out: Path) -> None:
 def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLike,
                  out_dir: str | os.PathLike, val_docs: int = 50_000,
                  shard_tokens: int = 100_000_000, workers: int | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, caseops: bool = False) -> dict:
     """Tokenize a corpus into challenge shards in out_dir; returns the manifest (also written)."""
     if val_docs < 0:
         raise InputError(f"--val-docs must be >= 0, got {val_docs}")
@@ -172,16 +189,20 @@ def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLi
     sp = load_tokenizer(tok_path)
     if sp.vocab_size() > 65536:
         raise InputError(f"{tok_path}: vocab size {sp.vocab_size()} does not fit uint16 shards")
+    if caseops:
+        co.check_tokenizer(sp, str(tok_path))
     out = Path(out_dir)
     _check_out(out)
     with atomic_dir(out) as tmp:
-        writers = {s: _SplitWriter(tmp, s, shard_tokens) for s in ("val", "train")}
+        writers = {s: _SplitWriter(tmp, s, shard_tokens) for s in ("val", "train") + ("val_bytes",) * caseops}
         bar = tqdm(unit="doc", desc="build", file=sys.stderr, disable=None if progress and progress_enabled() else True)
         batches = _batches(iter_documents(paths), val_docs)
-        encoded = _encoded(batches, str(tok_path), workers, sp)
+        encoded = _encoded(batches, str(tok_path), workers, sp, caseops)
         try:
-            for split, n_docs, toks in encoded:
+            for split, n_docs, (toks, counts) in encoded:
                 writers[split].add(toks, n_docs)
+                if counts is not None:
+                    writers["val_bytes"].add(counts, n_docs)
                 bar.update(n_docs)
         finally:  # on failure: stop the worker pool and close the corpus files now, not at garbage collection
             encoded.close()
@@ -194,7 +215,8 @@ def build_shards(corpus: Sequence[str | os.PathLike], tokenizer: str | os.PathLi
             "tokenizer": tokenizer_record(tok_path, sp.vocab_size()),
             "inputs": [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths],
             "settings": {"val_docs": val_docs, "shard_tokens": shard_tokens, "bos_id": BOS_ID,
-                         "doc_format": "[BOS] + sp.encode(text)"},
+                         "doc_format": "[BOS] + sp.encode(caseops(text))" if caseops else "[BOS] + sp.encode(text)",
+                         "text_transform": co.NAME if caseops else "identity"},
             "splits": {s: w.summary() for s, w in writers.items()},
         }
         write_manifest(tmp, manifest)

@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--val-docs", type=int, default=50_000, help="the first N documents form the val split")
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--caseops", action="store_true",
+                   help="CaseOps-transform each document (needs a CaseOps tokenizer) and write the val byte "
+                        "sidecar fineweb_val_bytes_*.bin (the leaderboard top's data)")
     add_progress_flag(p)
     add_json_flag(p)
     command(p, f"{T}:cmd_data_build")

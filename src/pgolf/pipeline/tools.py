@@ -40,7 +40,7 @@ def cmd_data_tokenizer(args: argparse.Namespace) -> dict:
 def cmd_data_build(args: argparse.Namespace) -> dict:
     setup_console(args.progress)
     m = build_shards(args.corpus, args.tokenizer, args.out, val_docs=args.val_docs, shard_tokens=args.shard_tokens,
-                     workers=args.workers, progress=args.progress)
+                     workers=args.workers, progress=args.progress, caseops=args.caseops)
     return {"dir": args.out, "tokenizer": m["tokenizer"]["path"], "vocab_size": m["tokenizer"]["vocab_size"],
             **{f"{s}_{k}": (len(v[k]) if k == "shards" else v[k])
                for s, v in m["splits"].items() for k in ("docs", "tokens", "shards")}}
