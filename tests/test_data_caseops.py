@@ -105,3 +105,12 @@ def test_caseops_needs_a_caseops_tokenizer(tmp_path, sp8192_model, val_docs, cap
                "--val-docs", "10", "--caseops"])
     assert rc == 2 and "not a CaseOps tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_caseops_recipe_refuses_shards_without_a_sidecar(tmp_path, capsys):
+    from train_util import make_real_data, tiny_overrides
+
+    data = make_real_data(tmp_path)
+    sets = [a for o in tiny_overrides(**{"data.caseops": True}) for a in ("--set", o)]
+    rc = main(["train", "--recipe", "tiny", *sets, "--data", str(data), "--out", str(tmp_path / "run")])
+    assert rc == 2 and "fineweb_val_bytes_" in capsys.readouterr().err

@@ -17,7 +17,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 # Reported parameter counts: upstream train_gpt.py (baseline), techniques.md (PR #1413), the 11L
 # XSA/EMA/BigramHash(2048) logs (PR #493 line), swapp1990's technical_report.md (PR #1090).
 FULL_PARAMS = {"baseline": 17_059_912, "pr1413": 35_943_512, "pr493": 26_829_913, "pr493-bosfix": 26_829_913,
-               "lora-ttt-1xh100": 26_502_232, "lora-ttt-1xh100-logged": 27_092_057}  # the last as its log reports
+               "lora-ttt-1xh100": 26_502_232, "lora-ttt-1xh100-logged": 27_092_057, "pr1855": 35_945_671}  # the last as its log reports
 
 
 def test_seed_recipes_present() -> None:
@@ -74,7 +74,8 @@ TINY = ["model.vocab_size=64", "model.num_layers=6", "model.model_dim=64", "mode
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_three_steps_at_tiny_width(name: str) -> None:
-    cfg = load_config(name, TINY)
+    lanes = load_config(name).model.parallel_from
+    cfg = load_config(name, TINY + (["model.parallel_from=4"] if lanes >= 6 else []))  # 6 layers here
     torch.manual_seed(0)
     model = GPT(cfg.model)
     model.set_recurrence(True)

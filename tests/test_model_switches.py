@@ -75,13 +75,18 @@ SWITCHES: dict[str, dict] = {
     "recurrence": dict(recur_start=1, recur_end=2, recur_repeats=2),
     "parallel": dict(parallel_from=2),
     "attn_gate": dict(attn_out_gate=True),
+    "sparse_gate": dict(sparse_attn_gate=True, sparse_attn_gate_scale=0.5),
     "untied": dict(tie_embeddings=False),
     "no_softcap": dict(logit_softcap=0.0),
 }
 SWITCHES["all"] = {k: v for sw in SWITCHES.values() for k, v in sw.items()}
 SWITCHES["all"].update(activation="leaky_relu2", xsa_last_n=-1, smear_gate="v2", model_dim=64, num_layers=6,
                        num_heads=4, num_kv_heads=2, parallel_from=4, rope_train_len=16)
-SWITCHES["all_swiglu_v1"] = dict(SWITCHES["all"], activation="swiglu", smear_gate="v1", xsa_last_n=3)
+SWITCHES["all"].update(attn_out_gate=False, prev_token_bos_mask=True)  # the two output gates are exclusive
+SWITCHES["all_swiglu_v1"] = dict(SWITCHES["all"], activation="swiglu", smear_gate="v1", xsa_last_n=3,
+                                 attn_out_gate=True, sparse_attn_gate=False, prev_token_bos_mask=False)
+SWITCHES["bigram_normal_bos_mask"] = dict(bigram_buckets=32, bigram_dim=8, bigram_init="normal", smear_gate="v1",
+                                          prev_token_bos_mask=True)
 
 
 def _with_bos(idx: torch.Tensor) -> torch.Tensor:
@@ -551,34 +556,31 @@ def test_recurrence_adds_only_skip_rows() -> None:
 # parallel residual lanes
 
 
-def test_parallel_lanes_reduce_to_gptj_parallel_block_at_init() -> None:
+def test_parallel_lanes_follow_the_records_form() -> None:
     model = build(tiny_cfg(parallel_from=2))
     assert [b.parallel for b in model.blocks] == [False, False, True, True]
+    assert tuple(model.parallel_post_lambdas.shape) == (4, 2, 2) and tuple(model.parallel_resid_lambdas.shape) == (4, 2)
+    fresh = GPT(tiny_cfg(parallel_from=2))
+    assert fresh.parallel_post_lambdas.detach().eq(1).all() and fresh.parallel_resid_lambdas.detach().eq(1.1).all()
     blk = model.blocks[2]
+    post, resid = torch.tensor([[0.3, 0.7], [1.2, -0.4]]), torch.tensor([1.1, 0.9])
     with torch.no_grad():
-        blk.lane_mix.fill_(1.0)  # init value: every sublayer writes fully into both lanes
-        x, x0 = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
-        xa, xm = blk.forward_lanes(x, x, x0)
-        xin = blk._mix(x, x0)
-        exp = xin + blk.attn_scale * blk.attn(blk._norm(xin)) + blk.mlp_scale * blk.mlp(blk._norm(xin))
-        torch.testing.assert_close(xa, exp)
-        torch.testing.assert_close(xm, exp)
-        # lane_mix = identity: each sublayer writes only into its own lane -> two independent residuals
-        blk.lane_mix.copy_(torch.eye(2)[:, :, None].expand(2, 2, 32))
-        ya, ym = blk.forward_lanes(x, x0 + 1.0, x0)
-        xa_in, xm_in = blk._mix(x, x0), blk._mix(x0 + 1.0, x0)
-        torch.testing.assert_close(ya, xa_in + blk.attn_scale * blk.attn(blk._norm(xa_in)))
-        torch.testing.assert_close(ym, xm_in + blk.mlp_scale * blk.mlp(blk._norm(xm_in)))
-    assert tuple(blk.lane_mix.shape) == (2, 2, 32)
-    assert GPT(tiny_cfg(parallel_from=2)).blocks[3].lane_mix.detach().eq(1).all()
+        la, lm, x0 = torch.randn(2, 6, 32), torch.randn(2, 6, 32), torch.randn(2, 6, 32)
+        ya, ym = blk.forward_lanes(la, lm, x0, post, resid)
+        # PR #1855: attention reads mix(lane0, x0), the MLP reads lane1 as is; post[j] writes sublayer j
+        a = blk.attn_scale * blk.attn(blk._norm(blk.resid_mix[0] * la + blk.resid_mix[1] * x0))
+        m = blk.mlp_scale * blk.mlp(blk._norm(lm))
+        torch.testing.assert_close(ya, 1.1 * la + 0.3 * a + 1.2 * m)
+        torch.testing.assert_close(ym, 0.9 * lm + 0.7 * a - 0.4 * m)
 
 
-def test_parallel_final_hidden_is_mean_of_lanes() -> None:
-    model = build(tiny_cfg(parallel_from=3, unet_skips=False))
+def test_parallel_final_hidden_is_mean_of_lanes_and_skips_feed_lane0() -> None:
+    model = build(tiny_cfg(parallel_from=3))
     cap = {}
     orig = model.blocks[3].forward_lanes
 
     def spy(*a, **k):
+        cap["in"] = (a[0].clone(), a[1].clone())
         out = orig(*a, **k)
         cap["lanes"] = out
         return out
@@ -589,7 +591,46 @@ def test_parallel_final_hidden_is_mean_of_lanes() -> None:
         h = model.hidden(idx)
     xa, xm = cap["lanes"]
     torch.testing.assert_close(h, rms_norm(0.5 * (xa + xm)))
-    assert (xa - xm).abs().max() > 1e-4  # the randomized lane_mix makes the lanes differ
+    assert (xa - xm).abs().max() > 1e-4
+    # 4 layers: blocks 2 and 3 pop skips; block 3 starts the lanes, its skip goes to lane 0 only
+    a_in, m_in = cap["in"]
+    assert (a_in - m_in).abs().max() > 1e-4
+
+
+def test_pr1855_shape_and_params() -> None:
+    cfg = load_config("pr1855")
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    assert model.num_params() == 35_945_671  # the record's model_params
+    m = cfg.model
+    assert layer_schedule(m, True) == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]  # the record's order
+    assert [b.parallel for b in model.blocks].index(True) == 8
+    assert (m.sparse_attn_gate, m.sparse_attn_gate_scale, m.smear_gate, m.prev_token_bos_mask) == (True, 0.5, "v2", True)
+    assert cfg.data.caseops and cfg.quant.codec == "pergroup" and cfg.eval.method == "phased"
+
+
+def test_sparse_attention_gate_formula_and_half_at_init() -> None:
+    cfg = tiny_cfg(sparse_attn_gate=True, sparse_attn_gate_scale=0.5)
+    model = build(cfg, randomize=False)
+    attn = model.blocks[0].attn
+    assert tuple(attn.attn_gate.shape) == (2, 12) and torch.count_nonzero(attn.attn_gate) == 0
+    x = torch.randn(1, 7, 32)
+    plain = build(tiny_cfg(), randomize=False).blocks[0].attn
+    plain.load_state_dict({k: v for k, v in attn.state_dict().items() if k != "attn_gate"})
+    with torch.no_grad():
+        attn.proj.weight.normal_()
+        plain.proj.weight.copy_(attn.proj.weight)
+        torch.testing.assert_close(attn(x), 0.5 * plain(x))  # sigmoid(0) = 0.5 on every head
+        attn.attn_gate.normal_()
+        g = torch.sigmoid(0.5 * x[..., :12] @ attn.attn_gate.t())  # [B, T, H]
+        w = plain.proj.weight.clone()
+        captured = {}
+        plain.proj.register_forward_hook(lambda mod, inp, out: captured.update(y=inp[0]))
+        plain(x)
+        y = captured["y"].view(1, 7, 2, 16) * g[..., None]
+        torch.testing.assert_close(attn(x), y.reshape(1, 7, 32) @ w.t())
+    with pytest.raises(ConfigError, match="sparse_attn_gate"):
+        tiny_cfg(sparse_attn_gate=True, attn_out_gate=True).check("model")
 
 
 # ---------------------------------------------------------------------------------------------

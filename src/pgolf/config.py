@@ -72,6 +72,8 @@ class DataConfig:
     tokenizer: str = knob("", "SentencePiece .model; empty: the one the shard dir's manifest names")
     loader: Loader = knob("sequential", "sequential (the baseline stream) or shuffled (per-rank random sequences)")
     prefetch: int = knob(2, "batches prepared ahead in a background thread (0 = none)")
+    caseops: bool = knob(False, "CaseOps data: corpora are transformed when tokenized, and the val split "
+                         "must carry its byte sidecar (pgolf.data.caseops)")
 
     def check(self, where: str = "data") -> None:
         need(self.prefetch >= 0, f"{where}.prefetch", f"must be >= 0, got {self.prefetch}")
@@ -115,6 +117,9 @@ class ModelConfig:
     recur_start_frac: float = knob(0.5, "fraction of the training budget after which recurrence switches on")
     parallel_from: int = knob(-1, "parallel residual lanes from this layer on (-1 = off)")
     attn_out_gate: bool = knob(False, "per-head sigmoid gate on the attention output (zero-init)")
+    sparse_attn_gate: bool = knob(False, "per-head gate sigmoid(scale * W x[:12]) on the attention output, "
+                                  "W zero-init (PR #1855; starts at 0.5)")
+    sparse_attn_gate_scale: float = knob(1.0, "the sparse attention gate's pre-sigmoid scale")
     bos_id: int = knob(BOS_ID, "document delimiter token id")
 
     @property
@@ -152,8 +157,11 @@ class ModelConfig:
         need(self.rope_train_len >= 0, f"{w}.rope_train_len", f"must be >= 0, got {self.rope_train_len}")
         need(self.rope_base > 0, f"{w}.rope_base", f"must be > 0, got {self.rope_base}")
         need(self.logit_softcap >= 0, f"{w}.logit_softcap", f"must be >= 0, got {self.logit_softcap}")
-        if self.smear_gate == "v2" or self.attn_out_gate:  # both read the first 12 input channels
-            need(self.model_dim >= 12, f"{w}.model_dim", f"must be >= 12 for smear_gate v2 / attn_out_gate, got {self.model_dim}")
+        if self.smear_gate == "v2" or self.attn_out_gate or self.sparse_attn_gate:  # read the first 12 channels
+            need(self.model_dim >= 12, f"{w}.model_dim",
+                 f"must be >= 12 for smear_gate v2 / attn_out_gate / sparse_attn_gate, got {self.model_dim}")
+        need(not (self.attn_out_gate and self.sparse_attn_gate), f"{w}.sparse_attn_gate",
+             "attn_out_gate and sparse_attn_gate are exclusive; pick one")
         if self.recur_start >= 0 or self.recur_end >= 0:
             need(0 <= self.recur_start <= self.recur_end < self.num_layers, f"{w}.recur_start",
                   f"need 0 <= recur_start <= recur_end < num_layers, got {self.recur_start}..{self.recur_end}")

@@ -1,4 +1,4 @@
-"""Causal self-attention: GQA, (partial) RoPE, q/k RMS norm + per-head gain, XSA, output gate."""
+"""Causal self-attention: GQA, (partial) RoPE, q/k RMS norm + per-head gain, XSA, output gates."""
 from __future__ import annotations
 
 import torch
@@ -39,6 +39,9 @@ class CausalSelfAttention(nn.Module):
         self.use_xsa = layer_idx >= cfg.num_layers - n_xsa
         # 2*sigmoid(0) = 1: the gate starts as the identity and learns to close heads.
         self.out_gate = nn.Parameter(torch.zeros(cfg.num_heads, GATE_INPUT_DIMS)) if cfg.attn_out_gate else None
+        # The sparse gate starts at sigmoid(0) = 0.5 and is not rescaled (PR #1855).
+        self.attn_gate = nn.Parameter(torch.zeros(cfg.num_heads, GATE_INPUT_DIMS)) if cfg.sparse_attn_gate else None
+        self.attn_gate_scale = cfg.sparse_attn_gate_scale
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 v_extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,5 +64,8 @@ class CausalSelfAttention(nn.Module):
             y = exclusive_self_attention(y, v)
         if self.out_gate is not None:
             g = 2 * torch.sigmoid(x[..., :GATE_INPUT_DIMS] @ self.out_gate.to(x.dtype).t())  # [B, T, H]
+            y = y * g.transpose(1, 2).unsqueeze(-1)
+        if self.attn_gate is not None:
+            g = torch.sigmoid(self.attn_gate_scale * (x[..., :GATE_INPUT_DIMS] @ self.attn_gate.to(x.dtype).t()))
             y = y * g.transpose(1, 2).unsqueeze(-1)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

@@ -30,9 +30,6 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         self.norm_scale = (layer_idx + 1) ** -0.5 if cfg.ln_scale else 1.0
         self.parallel = 0 <= cfg.parallel_from <= layer_idx
-        if self.parallel:
-            # lane_mix[i, j]: weight with which sublayer j (0 attn, 1 mlp) writes into lane i.
-            self.lane_mix = nn.Parameter(torch.ones(2, 2, d))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         y = rms_norm(x)
@@ -48,14 +45,16 @@ class Block(nn.Module):
         x = x + self.attn_scale.to(x.dtype) * self.attn(self._norm(x), attn_mask, v_extra)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self._norm(x))
 
-    def forward_lanes(self, xa: torch.Tensor, xm: torch.Tensor, x0: torch.Tensor,
-                      attn_mask: torch.Tensor | None = None, v_extra: torch.Tensor | None = None):
-        """Parallel residuals: attention reads lane a, the MLP lane m; both write into both lanes."""
-        xa, xm = self._mix(xa, x0), self._mix(xm, x0)
-        a = self.attn_scale.to(xa.dtype) * self.attn(self._norm(xa), attn_mask, v_extra)
+    def forward_lanes(self, xa: torch.Tensor, xm: torch.Tensor, x0: torch.Tensor, post: torch.Tensor,
+                      resid: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                      v_extra: torch.Tensor | None = None):
+        """Parallel residuals (PR #1855): attention reads lane a (mixed with x0), the MLP reads lane m;
+        post[j, i] is how much sublayer j (0 attn, 1 mlp) writes into lane i, resid[i] scales lane i."""
+        a = self.attn_scale.to(xa.dtype) * self.attn(self._norm(self._mix(xa, x0)), attn_mask, v_extra)
         m = self.mlp_scale.to(xm.dtype) * self.mlp(self._norm(xm))
-        w = self.lane_mix.to(xa.dtype)
-        return xa + w[0, 0] * a + w[0, 1] * m, xm + w[1, 0] * a + w[1, 1] * m
+        post, resid = post.to(xa.dtype), resid.to(xa.dtype)
+        return (resid[0] * xa + post[0, 0] * a + post[1, 0] * m,
+                resid[1] * xm + post[0, 1] * a + post[1, 1] * m)
 
 
 def layer_schedule(cfg: ModelConfig, recurrence: bool) -> list[int]:
@@ -88,6 +87,9 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(n_skip, d)) if n_skip else None
         self.skip_gates = nn.Parameter(torch.zeros(n_skip, d)) if n_skip and cfg.skip_gates else None
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(d, cfg.vocab_size, zero_init=True)
+        if cfg.parallel_from >= 0:  # the record keeps one entry per layer, parallel or not
+            self.parallel_post_lambdas = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
+            self.parallel_resid_lambdas = nn.Parameter(torch.full((cfg.num_layers, 2), 1.1))
         # GPTQ hooks this to get the head's input (the final-normed hidden state).
         self.head_input_probe = nn.Identity()
         self._init_weights()
@@ -148,18 +150,19 @@ class GPT(nn.Module):
         lanes: tuple[torch.Tensor, torch.Tensor] | None = None
         for pos, bi in enumerate(order):
             block = self.blocks[bi]
+            if block.parallel and lanes is None:
+                lanes = (x, x)
             if pos >= n_enc and skips and (pos - n_enc) < n_skip:
                 j = pos - n_enc
                 skip = skips.pop()
                 if lanes is None:
                     x = self._add_skip(x, skip, j)
-                else:
-                    lanes = (self._add_skip(lanes[0], skip, j), self._add_skip(lanes[1], skip, j))
+                else:  # the skip feeds the attention lane only
+                    lanes = (self._add_skip(lanes[0], skip, j), lanes[1])
             v_extra = self.value_embed.for_layer(ve, bi) if ve is not None else None
             if block.parallel:
-                if lanes is None:
-                    lanes = (x, x)
-                lanes = block.forward_lanes(lanes[0], lanes[1], x0, mask, v_extra)
+                lanes = block.forward_lanes(lanes[0], lanes[1], x0, self.parallel_post_lambdas[bi],
+                                            self.parallel_resid_lambdas[bi], mask, v_extra)
                 x = 0.5 * (lanes[0] + lanes[1])
             else:
                 if lanes is not None:  # back to one lane (e.g. a recurrence revisits early blocks)

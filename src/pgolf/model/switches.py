@@ -52,6 +52,8 @@ SWITCHES: tuple[Switch, ...] = (
            lambda m: f"parallel residual lanes from layer {m.parallel_from}"),
     Switch("attn_out_gate", "attn_out_gate", "pgolf.model.attention", lambda m: m.attn_out_gate,
            lambda m: "attention output gate"),
+    Switch("sparse_attn_gate", "sparse_attn_gate", "pgolf.model.attention", lambda m: m.sparse_attn_gate,
+           lambda m: f"sparse attention gate (first 12 dims, scale {m.sparse_attn_gate_scale:g})"),
 )
 
 

@@ -36,13 +36,14 @@ def _link_split(src: Path, dest: Path, split: str) -> list[dict]:
     return shards
 
 
-def _build(inputs: list[str], tokenizer: str | None, out: Path, val_docs: int, what: str, progress: bool) -> Path:
+def _build(inputs: list[str], tokenizer: str | None, out: Path, val_docs: int, what: str, progress: bool,
+           caseops: bool) -> Path:
     for item in inputs:
         if not (Path(item).is_file() or any(ch in item for ch in "*?[")):
             raise InputError(f"{what} {item}: not a shard directory or a corpus file")
     if not tokenizer:
         raise InputError(f"{what} is a text corpus: pass --tokenizer MODEL (or set data.tokenizer)")
-    build_shards(inputs, tokenizer, out, val_docs=val_docs, progress=progress)
+    build_shards(inputs, tokenizer, out, val_docs=val_docs, progress=progress, caseops=caseops)
     return out
 
 
@@ -79,12 +80,13 @@ def prepare_data(cfg: Config, data: list[str] | None, val_data: list[str] | None
     if runtime.is_main():
         run_data.mkdir(parents=True, exist_ok=True)
         if src is None:  # corpus: all docs train when a separate val source is given
-            src = _build(data, tok, run_data / "build", 0 if val_data else val_docs, "--data", progress)
+            src = _build(data, tok, run_data / "build", 0 if val_data else val_docs, "--data", progress,
+                         cfg.data.caseops)
         vsrc = _shard_dir(val_data) if val_data else src
         if vsrc is not None and not _has_shards(vsrc, "val"):
             raise InputError(f"{vsrc}: no fineweb_val_*.bin shards")
         if vsrc is None:
-            vsrc = _build(val_data, tok, run_data / "val_build", 10 ** 15, "--val-data", progress)
+            vsrc = _build(val_data, tok, run_data / "val_build", 10 ** 15, "--val-data", progress, cfg.data.caseops)
         tok_path = resolve_tokenizer(src, tok)
         resolve_tokenizer(vsrc, str(tok_path))  # both splits must come from the same tokenizer
         splits = {"train": {"shards": _link_split(src, run_data, "train")},

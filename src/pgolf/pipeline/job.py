@@ -81,6 +81,9 @@ def start(cfg: Config, rd: RunDir, proc: runtime.Process, data_dir: Path, tok: P
     """Config and resolved inputs written; returns (TrainData, eval subset note, whole split?)."""
     sp = load_tokenizer(tok)
     check_vocab(sp.vocab_size(), cfg.model.vocab_size, tok)
+    if cfg.data.caseops and not list_shards(data_dir, "val_bytes"):
+        raise InputError(f"{data_dir}: data.caseops needs the val byte sidecar fineweb_val_bytes_*.bin "
+                         "(build the shards with `pgolf data build --caseops`)")
     data, subset, full = train_data(cfg, data_dir, byte_tables(sp), proc.device, validate_shard_dir(data_dir)["train"])
     if proc.is_main:
         rd.write_config(cfg)
