@@ -30,6 +30,7 @@ BOS_ID = 1  # the challenge's document delimiter (every doc is [BOS] + tokens)
 Activation = Literal["relu2", "leaky_relu2", "swiglu"]
 SmearGate = Literal["none", "v1", "v2"]
 BigramInit = Literal["record", "normal"]
+DocAttention = Literal["dense", "flex"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -117,6 +118,8 @@ class ModelConfig:
     recur_start_frac: float = knob(0.5, "fraction of the training budget after which recurrence switches on")
     parallel_from: int = knob(-1, "parallel residual lanes from this layer on (-1 = off)")
     attn_out_gate: bool = knob(False, "per-head sigmoid gate on the attention output (zero-init)")
+    doc_attention: DocAttention = knob("dense", "doc-isolated attention: a dense mask through SDPA, or "
+                                       "FlexAttention with a block mask (skips blocks across documents)")
     sparse_attn_gate: bool = knob(False, "per-head gate sigmoid(scale * W x[:12]) on the attention output, "
                                   "W zero-init (PR #1855; starts at 0.5)")
     sparse_attn_gate_scale: float = knob(1.0, "the sparse attention gate's pre-sigmoid scale")
@@ -235,6 +238,7 @@ class TrainConfig:
     dtype: DType = knob("auto", "autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
     threads: int = knob(0, "torch CPU threads (0 = torch's default); fixed for bitwise CPU results")
     gptq_reserve_seconds: float = knob(0.0, "time kept back inside max_seconds for GPTQ calibration")
+    doc_isolated: bool = knob(False, "train with attention (and previous-token terms) inside documents only")
 
     def check(self, where: str = "train") -> None:
         w = where

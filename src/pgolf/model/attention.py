@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
 
 from pgolf.config import ModelConfig
 from pgolf.model.layers import CastedLinear, Rotary, rms_norm
@@ -58,6 +59,11 @@ class CausalSelfAttention(nn.Module):
         gqa = self.num_kv_heads != self.num_heads
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(attn_mask, BlockMask) and (q.device.type == "cuda" or not torch.is_grad_enabled()):
+            y = flex_attention(q, k, v, block_mask=attn_mask, enable_gqa=gqa)
+        elif isinstance(attn_mask, BlockMask):  # FlexAttention has no backward on CPU: the same mask, dense
+            dense = create_mask(attn_mask.mask_mod, B, 1, T, T, device=q.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         if self.use_xsa:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention
@@ -125,10 +126,17 @@ class GPT(nn.Module):
             x = self.smear(x, idx, doc_isolated)
         return x
 
-    def doc_mask(self, idx: torch.Tensor) -> torch.Tensor:
-        """[B, 1, T, T] bool: causal and within the same document (documents start at BOS)."""
+    def doc_mask(self, idx: torch.Tensor):
+        """Causal attention within each document (documents start at BOS): a [B, 1, T, T] bool mask,
+        or with model.doc_attention = "flex" a FlexAttention BlockMask of the same pattern."""
         doc = torch.cumsum((idx == self.cfg.bos_id).to(torch.int32), dim=1)
-        T = idx.size(1)
+        B, T = idx.shape
+        if self.cfg.doc_attention == "flex":
+            def same_doc_causal(b, h, q, k):
+                return (q >= k) & (doc[b, q] == doc[b, k])
+
+            return create_block_mask(same_doc_causal, B, None, T, T, device=idx.device,
+                                     BLOCK_SIZE=min(128, T))
         causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         return (causal[None] & (doc[:, :, None] == doc[:, None, :])).unsqueeze(1)
 

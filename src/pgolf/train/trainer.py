@@ -147,7 +147,7 @@ class Trainer:
             x, y = self.loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with runtime.autocast(self.device, self.amp):
-                loss = self.fwd(x, y)
+                loss = self.fwd(x, y, doc_isolated=True) if self.cfg.train.doc_isolated else self.fwd(x, y)
             (loss / self.accum).backward()
             total += loss.detach()
         all_reduce_grads(self.params)
