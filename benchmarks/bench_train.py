@@ -71,9 +71,14 @@ def append_row(row: dict, command: str, doc: Path = DOC) -> None:
         notes += f", {row['note']}"
     line = (f"| {row['date']} | {row['device_name']} | `{command}` | {row['tokens_per_second']:,.0f} | "
             f"{row['ms_per_step']:.1f} | {mfu} | {mem} | {notes} |\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    atomic_write_text(doc, text + line)
+    if "| date | device | command |" not in text:
+        text = text.rstrip("\n") + "\n\n" + HEADER.split("\n\n", 1)[1]
+    # the row goes at the end of this script's own table (other tables may follow it)
+    lines = text.splitlines(keepends=True)
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("| date | device | command |")) + 2
+    while i < len(lines) and lines[i].startswith("|"):
+        i += 1
+    atomic_write_text(doc, "".join(lines[:i]) + line + "".join(lines[i:]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,18 +45,22 @@ class Rotary(nn.Module):
         self.dims, self.base, self.train_len = dims, base, train_len
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _build(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.base
+        if self.train_len and T > self.train_len and self.dims > 2:
+            base = base * (T / self.train_len) ** (self.dims / (self.dims - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32, device=device) / self.dims))
+        freqs = torch.outer(torch.arange(T, dtype=torch.float32, device=device), inv_freq)
+        return freqs.cos().to(dtype)[None, None], freqs.sin().to(dtype)[None, None]
+
     def tables(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # inside a compiled graph: computed there, once per shape
+            return self._build(T, device, dtype)
         # Tables built under inference_mode cannot enter autograd later (e.g. validation at step 0,
         # then training), so they are cached apart from normal ones.
         key = (T, device, dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
-            base = self.base
-            if self.train_len and T > self.train_len and self.dims > 2:
-                base = base * (T / self.train_len) ** (self.dims / (self.dims - 2))
-            inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32, device=device) / self.dims))
-            t = torch.arange(T, dtype=torch.float32, device=device)
-            freqs = torch.outer(t, inv_freq)
-            self._cache[key] = (freqs.cos().to(dtype)[None, None], freqs.sin().to(dtype)[None, None])
+            self._cache[key] = self._build(T, device, dtype)
         return self._cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
