@@ -285,3 +285,49 @@ def test_pickle_payload_is_never_executed(tmp_path):
     assert not marker.exists()
     with pytest.raises(InputError):
         load_artifact(tmp_path / "missing.pgolf")
+
+
+def _record_asym_pack(A, B, g):
+    """PR #1855's asymmetric LQER pack, written out independently for comparison."""
+    sA = (A.abs().max().clamp_min(1e-10) / 1.5).half()
+    qA = torch.clamp(torch.round(A / sA.float()), -2, 1).to(torch.int8)
+    Bf = B.reshape(-1, g)
+    sB = (Bf.abs().amax(dim=-1).clamp_min(1e-10) / 7.5).half()
+    qB = torch.clamp(torch.round(Bf / sB.float()[:, None]), -8, 7).to(torch.int8)
+    return qA, sA, qB, sB
+
+
+def test_asym_lqer_matches_the_record_and_round_trips():
+    from pgolf.quant.lqer import apply_lqer, factors
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 128, generator=g)
+    q, s = quantize(w, 6, "percentile", 100.0)
+    err = w - QuantizedTensor(q, s, 6).dequantize()
+    a, b = factors(err, 4, 4, "asym", 64)
+    U, S, Vh = torch.linalg.svd(err, full_matrices=False)
+    qA, sA, qB, sB = _record_asym_pack(U[:, :4] * S[:4], Vh[:4], 64)
+    assert torch.equal(a.q, qA) and torch.equal(b.q, qB) and torch.equal(b.scale, sB)
+    assert torch.equal(a.scale, sA.expand(96)) and -2 <= int(a.q.min()) and int(a.q.max()) <= 1
+    a.q[0, 0], b.q[0, 0] = -2, -8  # the bottom of each asymmetric grid
+    qA[0, 0], qB[0, 0] = -2, -8
+    qt = QuantizedTensor(q, s, 6, lowrank=(a, b))
+    want = w - err + (qA.float() * sA.float()) @ (qB.float() * sB.float()[:, None]).reshape(4, 128)
+    torch.testing.assert_close(qt.dequantize(), want)
+    blob = serialize_artifact({"w": qt}, {}, {}, "zlib")
+    back = parse_artifact(blob).tensors["w"]
+    assert back.lowrank[0].asym and torch.equal(back.dequantize(), qt.dequantize())
+    # -2 is legal only for the asym grid, and a group that does not divide r * in is refused
+    h = json.loads(json.dumps(_split(blob)[1]))
+    h["tensors"][0]["lqer"] = [4, 2]
+    with pytest.raises(InputError, match="LQER"):
+        parse_artifact(_join(_split(blob)[0], h, _split(blob)[2]))
+    h["tensors"][0].pop("lqer")
+    h["tensors"][0]["lqer_asym"] = [4, 48]
+    with pytest.raises(InputError, match="asym LQER"):
+        parse_artifact(_join(_split(blob)[0], h, _split(blob)[2]))
+    # the correction helps, and a B that does not split into groups falls back to the record's per-row form
+    ratios = apply_lqer({"w": QuantizedTensor(q, s, 6)}, {"w": w}, 4, 4, form="asym", group=64)
+    assert ratios["w"] < 1.0
+    a2, b2 = factors(err[:, :100], 4, 4, "asym", 64)
+    assert not a2.asym and b2.q.shape == (4, 100)

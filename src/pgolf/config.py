@@ -31,6 +31,7 @@ Activation = Literal["relu2", "leaky_relu2", "swiglu"]
 SmearGate = Literal["none", "v1", "v2"]
 BigramInit = Literal["record", "normal"]
 DocAttention = Literal["dense", "flex"]
+LqerForm = Literal["pgolf", "record", "asym"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -302,6 +303,10 @@ class QuantConfig:
     lqer_rank: int = knob(0, "LQER low-rank error correction rank (0 = off)")
     lqer_bits: int = knob(4, "bits of the LQER factors")
     lqer_top: int = knob(0, "how many tensors get a correction, largest errors first (0 = all)")
+    lqer_form: LqerForm = knob("pgolf", "pgolf: A = U sqrt(S), B = sqrt(S) V^T, per-row MSE clip; record: A = U S, "
+                               "B = V^T, per-row max (PR #1855); asym: record's A int2 [-2, 1] one scale, "
+                               "B int4 [-8, 7] per group")
+    lqer_group: int = knob(64, "asym LQER: values of B per scale")
     target_bytes: int = knob(ARTIFACT_LIMIT, "artifact size target; must stay below the 16,000,000 limit")
     code_compress: CodeCompress = knob("auto", "wrapper of the counted train_gpt.py (auto = the smaller)")
     auto_fit: bool = knob(False, "widen the clip / prune +-1 values until the artifact fits")
@@ -322,6 +327,7 @@ class QuantConfig:
         need(self.gptq_block >= 1, f"{where}.gptq_block", "must be >= 1")
         need(2 <= self.lqer_bits <= 8, f"{where}.lqer_bits", f"expected 2..8, got {self.lqer_bits}")
         need(self.lqer_rank >= 0 and self.lqer_top >= 0, f"{where}.lqer_rank", "lqer_rank and lqer_top must be >= 0")
+        need(self.lqer_group >= 1, f"{where}.lqer_group", f"must be >= 1, got {self.lqer_group}")
         need(len(self.pergroup_codecs) >= 1, f"{where}.pergroup_codecs", "needs at least one codec")
         need(0 < self.target_bytes <= ARTIFACT_LIMIT, f"{where}.target_bytes",
               f"must be in 1..{ARTIFACT_LIMIT:,} (the challenge limit), got {self.target_bytes}")

@@ -73,7 +73,8 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], cfg: QuantConfig,
     lqer = {}
     if cfg.lqer_rank > 0:
         originals = {n: state_dict[n].detach().float().cpu() for n, v in out.items() if isinstance(v, QuantizedTensor)}
-        lqer = apply_lqer(out, originals, cfg.lqer_rank, cfg.lqer_bits, cfg.lqer_top)
+        lqer = apply_lqer(out, originals, cfg.lqer_rank, cfg.lqer_bits, cfg.lqer_top, form=cfg.lqer_form,
+                          group=cfg.lqer_group)
     report = {"tensors": tensors, "groups": list(groups.values()), "gptq_missing": missing, "lqer": lqer,
               "clip_mult": clip_mult}
     return out, report

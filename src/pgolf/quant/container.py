@@ -92,8 +92,9 @@ def roles(t: Stored) -> list[str]:
 def _int_arrays(qt: QuantizedTensor, prefix: str = "") -> dict[str, tuple[Tensor, int]]:
     q = qt.q.detach().cpu()
     qm = qmax_for(qt.bits)
-    if q.dtype != torch.int8 or q.ndim != 2 or (q.numel() and int(q.abs().max()) > qm):
-        raise ValueError(f"{prefix}q must be 2-D int8 within +-{qm} for {qt.bits} bits")
+    lo = -qm - int(qt.asym)
+    if q.dtype != torch.int8 or q.ndim != 2 or (q.numel() and (int(q.max()) > qm or int(q.min()) < lo)):
+        raise ValueError(f"{prefix}q must be 2-D int8 within [{lo}, {qm}] for {qt.bits} bits")
     s = qt.scale.detach().cpu().to(torch.float16)
     if tuple(s.shape) != (q.shape[0],):
         raise ValueError(f"{prefix}scale must have shape [{q.shape[0]}], got {list(s.shape)}")
@@ -117,9 +118,15 @@ def _entry(name: str, t: Stored, storage: Storage) -> tuple[dict, dict[str, tupl
         arrays["q"] = (q.contiguous(), t.bits)
         if t.lowrank is not None:
             a, b = t.lowrank
-            if a.bits != b.bits or a.q.shape[1] != b.q.shape[0]:
+            if a.asym:  # PR #1855's form: A int2, B int4 in groups (stored [r * in / g, g])
+                rank, group = int(a.q.shape[1]), int(b.q.shape[1])
+                if (a.bits, b.bits) != (2, 4) or not b.asym or b.q.numel() != rank * t.q.shape[1]:
+                    raise ValueError(f"{name}: asym LQER factors must be int2 [out, r] and int4 [r * in / g, g]")
+                e["lqer_asym"] = [rank, group]
+            elif a.bits != b.bits or a.q.shape[1] != b.q.shape[0]:
                 raise ValueError(f"{name}: LQER factors must be [out,r] @ [r,in] with equal bits")
-            e["lqer"] = [int(a.q.shape[1]), a.bits]
+            else:
+                e["lqer"] = [int(a.q.shape[1]), a.bits]
             arrays |= _int_arrays(a, "a") | _int_arrays(b, "b")
         return e, arrays
     data, restore = (t.data, t.dtype) if isinstance(t, Passthrough) else (t, t.dtype)
@@ -253,6 +260,15 @@ def _specs(e: dict) -> dict[str, tuple[torch.dtype, list[int], int]]:
     out = {"q": (torch.int8, [cols, rows] if e.get("cols") else shape, bits), "s": (torch.float16, [rows], 0)}
     if e.get("rows"):
         out["p"] = (torch.int32, [rows], 0)
+    if "lqer_asym" in e and "lqer" in e:
+        raise ValueError(f"'{e['name']}': two LQER specs")
+    if "lqer_asym" in e:
+        rank, group = e["lqer_asym"]
+        if type(rank) is not int or rank < 1 or type(group) is not int or group < 1 or (rank * cols) % group:
+            raise ValueError(f"bad asym LQER spec {e['lqer_asym']!r}")
+        n = rank * cols // group
+        out |= {"aq": (torch.int8, [rows, rank], 2), "as": (torch.float16, [rows], 0),
+                "bq": (torch.int8, [n, group], 4), "bs": (torch.float16, [n], 0)}
     if "lqer" in e:
         rank, lbits = e["lqer"]
         if type(rank) is not int or rank < 1 or type(lbits) is not int or not 2 <= lbits <= 8:
@@ -274,11 +290,11 @@ def _decode(b: bytes, dtype: torch.dtype, shape: list[int], bits: int) -> Tensor
     return torch.frombuffer(bytearray(b), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
 
 
-def _int(a: dict, q: str, s: str, bits: int) -> QuantizedTensor:
+def _int(a: dict, q: str, s: str, bits: int, asym: bool = False) -> QuantizedTensor:
     qm = qmax_for(bits)
-    if a[q].numel() and int(a[q].abs().max()) > qm:
-        raise ValueError(f"int{bits} values outside +-{qm}")
-    return QuantizedTensor(a[q], a[s], bits)
+    if a[q].numel() and (int(a[q].max()) > qm or int(a[q].min()) < -qm - int(asym)):
+        raise ValueError(f"int{bits} values outside [{-qm - int(asym)}, {qm}]")
+    return QuantizedTensor(a[q], a[s], bits, asym=asym)
 
 
 def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]:
@@ -298,6 +314,8 @@ def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]
     qt.dtype = restore
     if "lqer" in e:
         qt.lowrank = (_int(a, "aq", "as", e["lqer"][1]), _int(a, "bq", "bs", e["lqer"][1]))
+    if "lqer_asym" in e:
+        qt.lowrank = (_int(a, "aq", "as", 2, asym=True), _int(a, "bq", "bs", 4, asym=True))
     return qt
 
 

@@ -130,6 +130,7 @@ class QuantizedTensor:
     bits: int
     dtype: torch.dtype = torch.float32  # dtype restored on dequantization
     lowrank: Optional[tuple["QuantizedTensor", "QuantizedTensor"]] = None  # (A [out, r], B [r, in])
+    asym: bool = False  # grid [-2^(bits-1), 2^(bits-1) - 1] instead of +-qmax (LQER asym factors)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -139,7 +140,8 @@ class QuantizedTensor:
         w = dequantize(self.q, self.scale)
         if self.lowrank is not None:
             a, b = self.lowrank
-            w = w + (a.dequantize().float() @ b.dequantize().float()).reshape(w.shape)
+            # B may be stored in groups ([r * in / g, g]): back to [r, in] first
+            w = w + (a.dequantize().float() @ b.dequantize().float().reshape(a.q.shape[1], -1)).reshape(w.shape)
         return w.to(self.dtype)
 
 
