@@ -30,7 +30,7 @@ def test_two_process_gloo_matches_grad_accumulation(tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 2  # every rank returns the summary; only rank 0 writes files
+    assert len(lines) == 1  # only rank 0 answers (and writes files)
     assert all(s["world_size"] == 2 and s["grad_accum"] == 1 for s in lines)
 
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -39,4 +39,3 @@ def test_two_process_gloo_matches_grad_accumulation(tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, (a, b)
     # the rank-split evaluation reduces to the same metric
     assert abs(lines[0]["val_bpb_prequant"] - single["val_bpb_prequant"]) < 1e-5
-    assert lines[0]["val_bpb_prequant"] == lines[1]["val_bpb_prequant"]

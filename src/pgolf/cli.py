@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import math
 import sys
 from typing import Any, Callable
@@ -82,6 +83,8 @@ def _jsonable(x: Any) -> Any:
 
 
 def emit(result: dict, as_json: bool, human: Callable[[dict], str] | None = None) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 answers: one object on stdout
+        return
     if as_json:
         print(json.dumps(_jsonable(result), sort_keys=True))
     elif human is not None:
