@@ -100,7 +100,7 @@ def trains_then_scores(ctx):  # TTT the wrong way round: adapt to each chunk, th
     opt = make_sgd(m, e)
     for c, plan in enumerate(plans):
         lo, hi = c * chunk, min((c + 1) * chunk, n)
-        train_range(m, opt, ctx.stream, lo, hi, ctx.window, e, e.ttt_lr, 0, 1)
+        train_range(m, opt, ctx.stream, [(lo, hi)], ctx.window, e, e.ttt_lr, 0, 1)
         score_windows(m, ctx.scorer, rank_share(plan, 0, 1), e.batch_seqs)
     return {}
 

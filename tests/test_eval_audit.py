@@ -58,6 +58,13 @@ def test_every_real_method_passes(model, name):
     assert report["order"] == METHODS[name].order(cfg_for())
 
 
+def test_phased_longest_first_with_document_phases_passes(model):
+    cfg = cfg_for("eval.phased_order=longest", "eval.phased_docs=[2, 5]")
+    report = run_audit(model, "phased", cfg)
+    assert report["passed"], {k: c["details"] for k, c in report["checks"].items() if not c["passed"]}
+    assert report["order"] == "queue" and report["checks"]["causality"]["checked"] >= 4
+
+
 def test_doc_isolated_plain_passes_the_isolation_probes(model):
     report = run_audit(model, "plain", cfg_for("eval.doc_isolated=true", "eval.seq_len=512"))
     assert report["passed"] and report["order"] == "documents"

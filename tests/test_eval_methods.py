@@ -88,6 +88,20 @@ def test_phase_bounds_cut_at_target_fractions():
     assert phase_bounds(spans, [0.5]) == [(0, 3), (3, 4)]  # target 50 is in doc 2
     assert phase_bounds(spans, [0.05, 0.3]) == [(0, 1), (1, 2), (2, 4)]
     assert phase_bounds(spans, [0.99]) == [(0, 4)]  # cutting after the last doc: one phase
+    # document counts (PR #1855's 833 / 1666 / 2500) win over fractions; counts past the end are dropped
+    assert phase_bounds(spans, [0.5], (1, 3)) == [(0, 1), (1, 3), (3, 4)]
+    assert phase_bounds(spans, [0.5], (2, 4, 9)) == [(0, 2), (2, 4)]
+    # fractions count targets along the queue: longest first, target 50 of 100 is in the second doc
+    queued = [spans[i] for i in (1, 3, 0, 2)]
+    assert phase_bounds(queued, [0.5]) == [(0, 2), (2, 4)]
+
+
+def test_phase_queue_longest_first_ties_in_stream_order():
+    from pgolf.eval.phased import phase_queue
+
+    spans = [(0, 10), (10, 50), (50, 60), (60, 100), (100, 101)]
+    assert phase_queue(spans, tiny_cfg()) == [0, 1, 2, 3, 4]
+    assert phase_queue(spans, tiny_cfg("eval.phased_order=longest")) == [1, 3, 0, 2, 4]
 
 
 # -- equivalences --------------------------------------------------------------------------------

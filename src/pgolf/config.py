@@ -32,6 +32,7 @@ SmearGate = Literal["none", "v1", "v2"]
 BigramInit = Literal["record", "normal"]
 DocAttention = Literal["dense", "flex"]
 LqerForm = Literal["pgolf", "record", "asym"]
+PhasedOrder = Literal["stream", "longest"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -357,6 +358,10 @@ class EvalConfig:
     lora_optimizer: LoraOptimizer = knob("adam", "LoRA optimizer")
     lora_batch_docs: int = knob(64, "documents adapted side by side")
     phased_points: tuple[float, ...] = knob((0.5,), "phased TTT: global SGD after these fractions of the targets")
+    phased_docs: tuple[int, ...] = knob((), "phased TTT: global SGD after these many documents of the queue "
+                                        "instead (PR #1855: 833, 1666, 2500)")
+    phased_order: PhasedOrder = knob("stream", "phased TTT: documents scored in stream order or longest first "
+                                     "(PR #1855)")
     audit: bool = knob(True, "`pgolf run` audits its own evaluation (pgolf.eval.audit)")
     audit_budget: float = knob(0.1, "audit perturbation runs: this fraction of the evaluated tokens (min one sub-stream)")
 
@@ -386,6 +391,8 @@ class EvalConfig:
         need(self.lora_batch_docs >= 1, f"{w}.lora_batch_docs", "must be >= 1")
         need(all(0.0 < p < 1.0 for p in self.phased_points), f"{w}.phased_points",
               f"fractions must be in (0, 1), got {list(self.phased_points)}")
+        need(all(d >= 1 for d in self.phased_docs) and list(self.phased_docs) == sorted(set(self.phased_docs)),
+             f"{w}.phased_docs", f"document counts must be >= 1 and increasing, got {list(self.phased_docs)}")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,

@@ -1,13 +1,17 @@
-"""Phased TTT: per-document LoRA scoring, with global SGD on the already scored prefix between phases.
+"""Phased TTT: per-document LoRA scoring, with global SGD on the documents already scored between phases.
 
-The documents (in stream order) are cut at `phased_points`: a phase ends with the document in which
-that fraction of the targets falls. Each phase scores its documents with per-document LoRA TTT; then,
-unless it is the last phase, the whole scored prefix (exactly the documents so far) trains the shared
-model with SGD, so a document depends only on itself and the documents before it.
+The documents are queued in stream order, or longest first (`eval.phased_order`, PR #1855), and the
+queue is cut at `phased_docs` document counts when given (PR #1855: 833, 1666, 2500), else at
+`phased_points`: a phase ends with the document in which that fraction of the targets falls. Each
+phase scores its documents with per-document LoRA TTT; then, unless it is the last phase, every
+document scored so far trains the shared model with SGD, so a document depends only on itself and
+the documents before it in the queue.
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 
 from pgolf.config import Config
 from pgolf.eval.context import EvalContext, Method
@@ -16,32 +20,36 @@ from pgolf.eval.ttt_lora import check_lora, lora_score_docs
 from pgolf.eval.ttt_sgd import check_freeze, cosine_lr, make_sgd, train_range
 
 
-def phase_bounds(spans: list[tuple[int, int]], points: tuple[float, ...]) -> list[tuple[int, int]]:
-    """[a, b) document ranges: phase j ends with the document holding target points[j] * n_targets."""
+def phase_bounds(spans: list[tuple[int, int]], points: tuple[float, ...],
+                 docs: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+    """[a, b) ranges of queue positions: phase j ends after docs[j] documents when `docs` is given,
+    else with the document holding target points[j] * n_targets (counted along the queue)."""
     if not spans:
         return []
-    n_targets = spans[-1][1]
-    cuts = set()
-    for p in points:
-        t = min(max(int(p * n_targets), 0), n_targets - 1)
-        cuts.add(next(i for i, (lo, hi) in enumerate(spans) if lo <= t < hi) + 1)
-    edges = [0] + sorted(cuts - {0, len(spans)}) + [len(spans)]
+    if docs:
+        cuts = set(docs)
+    else:
+        ends = list(itertools.accumulate(hi - lo for lo, hi in spans))
+        cuts = {bisect.bisect_right(ends, min(max(int(p * ends[-1]), 0), ends[-1] - 1)) + 1 for p in points}
+    edges = [0] + sorted(c for c in cuts if 0 < c < len(spans)) + [len(spans)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def run_phased(ctx: EvalContext) -> dict:
     e = ctx.cfg.eval
     spans = doc_spans(ctx.stream.cpu().numpy(), ctx.cfg.model.bos_id)
-    phases = phase_bounds(spans, e.phased_points)
+    queued = [spans[i] for i in phase_queue(spans, ctx.cfg)]
+    phases = phase_bounds(queued, e.phased_points, e.phased_docs)
     m = copy.deepcopy(ctx.model).to(ctx.device)
     opt = make_sgd(m, e)
     for i, (a, b) in enumerate(phases):
-        lora_score_docs(m, ctx.scorer, spans[a:b], e, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype,
+        lora_score_docs(m, ctx.scorer, queued[a:b], e, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype,
                         ctx.cfg.train.seed, ctx.desc(f"eval phase {i + 1}/{len(phases)}"))
         if i == len(phases) - 1:
             break
-        # Documents are contiguous in the stream: the scored prefix is targets [0, end of doc b-1).
-        train_range(m, opt, ctx.stream, 0, spans[b - 1][1], ctx.window, e, cosine_lr(e.ttt_lr, i, len(phases)),
+        # every document scored so far; in stream order they are the stream's prefix [0, end of doc b-1)
+        scored = [(0, queued[b - 1][1])] if e.phased_order == "stream" else sorted(queued[:b])
+        train_range(m, opt, ctx.stream, scored, ctx.window, e, cosine_lr(e.ttt_lr, i, len(phases)),
                     ctx.rank, ctx.world, ctx.autocast_dtype, doc_isolated=True)
     return {"docs": len(spans), "phases": len(phases)}
 
@@ -51,8 +59,10 @@ def check_phased(cfg: Config) -> None:
     check_freeze(cfg)
 
 
-def stream_queue(spans: list[tuple[int, int]], cfg: Config) -> list[int]:
-    """Documents are scored in stream order (phase by phase)."""
+def phase_queue(spans: list[tuple[int, int]], cfg: Config) -> list[int]:
+    """Document indices in scoring order: the stream's, or longest first (ties in stream order)."""
+    if cfg.eval.phased_order == "longest":
+        return sorted(range(len(spans)), key=lambda i: spans[i][0] - spans[i][1])
     return list(range(len(spans)))
 
 
@@ -60,4 +70,4 @@ def stream_queue(spans: list[tuple[int, int]], cfg: Config) -> list[int]:
 # the document's end) and every document scored before it (the global SGD between phases).
 PHASED = Method("phased", run_phased, lambda cfg: "queue",
                 "per-document LoRA TTT with global SGD on the scored prefix between phases", check=check_phased,
-                queue=stream_queue)
+                queue=phase_queue)

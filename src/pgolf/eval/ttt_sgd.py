@@ -40,21 +40,22 @@ def make_sgd(model: torch.nn.Module, ecfg: EvalConfig) -> torch.optim.SGD:
     return torch.optim.SGD(trainable_params(model, ecfg.ttt_freeze_blocks), lr=ecfg.ttt_lr, momentum=ecfg.ttt_momentum)
 
 
-def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torch.Tensor, lo: int, hi: int,
-                seq_len: int, ecfg: EvalConfig, lr: float, rank: int = 0, world: int = 1,
-                autocast_dtype: torch.dtype | None = None, doc_isolated: bool = False) -> None:
-    """`ecfg.ttt_epochs` epochs of SGD on targets [lo, hi) in sequences of `seq_len`.
+def train_range(model: torch.nn.Module, opt: torch.optim.Optimizer, stream: torch.Tensor,
+                ranges: list[tuple[int, int]], seq_len: int, ecfg: EvalConfig, lr: float, rank: int = 0,
+                world: int = 1, autocast_dtype: torch.dtype | None = None, doc_isolated: bool = False) -> None:
+    """`ecfg.ttt_epochs` epochs of SGD on the targets of `ranges` ([lo, hi) each) in sequences of at
+    most `seq_len` that never leave their range.
 
     Each global batch holds `ttt_batch_seqs` sequences; rank r takes every world-th one and the
     summed gradients are divided by the batch's global target count, so all ranks step identically.
     """
-    if hi <= lo:
+    seqs = [(s, min(seq_len, hi - s)) for lo, hi in ranges for s in range(lo, hi, seq_len)]
+    if not seqs:
         return
     for g in opt.param_groups:
         g["lr"] = lr
     params = [p for g in opt.param_groups for p in g["params"]]
     dev = stream.device
-    seqs = [(s, min(seq_len, hi - s)) for s in range(lo, hi, seq_len)]
     was_training = model.training
     model.train()
     for _ in range(ecfg.ttt_epochs):
@@ -101,7 +102,7 @@ def run_ttt_sgd(ctx: EvalContext) -> dict:
         if c == len(plans) - 1:
             break
         lo, hi = c * chunk, min((c + 1) * chunk, n_targets)
-        train_range(m, opt, ctx.stream, lo, hi, w, e, cosine_lr(e.ttt_lr, c, len(plans)), ctx.rank, ctx.world,
+        train_range(m, opt, ctx.stream, [(lo, hi)], w, e, cosine_lr(e.ttt_lr, c, len(plans)), ctx.rank, ctx.world,
                     ctx.autocast_dtype, e.doc_isolated)
     return {"chunks": len(plans)}
 
