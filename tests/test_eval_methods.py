@@ -337,3 +337,20 @@ def test_cuda_matches_cpu(method):
     assert abs(gpu["val_loss"] - cpu["val_loss"]) < 1e-3
     bf16 = run_eval(copy.deepcopy(m), toks, tiny_cfg(*DIST_EXTRA), method, device="cuda")
     assert abs(bf16["val_loss"] - cpu["val_loss"]) < 0.05
+
+
+def test_lora_adam_settings_reach_the_optimizer(monkeypatch):
+    import pgolf.eval.ttt_lora as tl
+
+    made = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kw):
+        made.append(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(tl.torch.optim, "AdamW", spy)
+    cfg = tiny_cfg("eval.lora_beta1=0", "eval.lora_beta2=0.99", "eval.lora_eps=1e-10", "eval.lora_wd=0.5")
+    run_eval(tiny_model(cfg), stream(), cfg, "ttt-lora")
+    assert made and all(k == {"lr": cfg.eval.lora_lr, "betas": (0.0, 0.99), "eps": 1e-10, "weight_decay": 0.5}
+                        for k in made)

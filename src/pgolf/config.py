@@ -356,6 +356,10 @@ class EvalConfig:
     lora_chunk: int = knob(256, "LoRA TTT: targets scored per step")
     lora_lr: float = knob(0.05, "LoRA learning rate")
     lora_optimizer: LoraOptimizer = knob("adam", "LoRA optimizer")
+    lora_beta1: float = knob(0.9, "LoRA Adam beta1 (PR #1855: 0)")
+    lora_beta2: float = knob(0.999, "LoRA Adam beta2 (PR #1855: 0.99)")
+    lora_eps: float = knob(1e-8, "LoRA Adam epsilon (PR #1855: 1e-10)")
+    lora_wd: float = knob(0.0, "LoRA decoupled weight decay (AdamW; PR #1855: 0.5)")
     lora_batch_docs: int = knob(64, "documents adapted side by side")
     phased_points: tuple[float, ...] = knob((0.5,), "phased TTT: global SGD after these fractions of the targets")
     phased_docs: tuple[int, ...] = knob((), "phased TTT: global SGD after these many documents of the queue "
@@ -388,6 +392,9 @@ class EvalConfig:
         need(self.lora_rank >= 1, f"{w}.lora_rank", "must be >= 1")
         need(self.lora_chunk >= 1, f"{w}.lora_chunk", "must be >= 1")
         need(self.lora_lr >= 0, f"{w}.lora_lr", "must be >= 0")
+        for name in ("lora_beta1", "lora_beta2"):
+            need(0 <= getattr(self, name) < 1, f"{w}.{name}", f"must be in [0, 1), got {getattr(self, name)}")
+        need(self.lora_eps > 0 and self.lora_wd >= 0, f"{w}.lora_eps", "lora_eps must be > 0 and lora_wd >= 0")
         need(self.lora_batch_docs >= 1, f"{w}.lora_batch_docs", "must be >= 1")
         need(all(0.0 < p < 1.0 for p in self.phased_points), f"{w}.phased_points",
               f"fractions must be in (0, 1), got {list(self.phased_points)}")

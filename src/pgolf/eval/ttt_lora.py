@@ -144,7 +144,8 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
                 lora.reset()
                 params = lora.parameters()
                 if ecfg.lora_optimizer == "adam":
-                    opt = torch.optim.Adam(params, lr=ecfg.lora_lr, betas=(0.9, 0.999))
+                    opt = torch.optim.AdamW(params, lr=ecfg.lora_lr, betas=(ecfg.lora_beta1, ecfg.lora_beta2),
+                                            eps=ecfg.lora_eps, weight_decay=ecfg.lora_wd)
                 else:
                     opt = torch.optim.SGD(params, lr=ecfg.lora_lr)
                 n_chunks = max(math.ceil((hi - lo) / K) for lo, hi in group)
