@@ -143,3 +143,22 @@ def test_passthrough_dequantize():
     p = Passthrough(torch.ones(3, dtype=torch.float16), torch.float32)
     assert p.dequantize().dtype == torch.float32
     assert qmax_for(2) == 1 and qmax_for(8) == 127
+
+
+def test_small_groups_take_small_2d_tensors_like_the_records_int8_gates():
+    from pgolf.config import load_config
+    from pgolf.quant.quantizers import plan_tensor, quantize
+
+    cfg = load_config("pr1855").quant
+    gate = torch.randn(8, 12, generator=torch.Generator().manual_seed(0))
+    plan = plan_tensor("blocks.3.attn.attn_gate", gate, cfg)
+    assert (plan.kind, plan.bits, plan.clip, plan.clip_value) == ("int", 8, "percentile", 100.0)
+    # other small tensors, and 1-D ones, keep the small-tensor rule
+    assert plan_tensor("blocks.3.resid_mix", torch.randn(2, 512), cfg).kind == "fp16"
+    assert plan_tensor("blocks.3.attn.q_gain", torch.randn(8), cfg).kind == "fp16"
+    assert plan_tensor("blocks.3.resid_mix", torch.randn(2, 512), load_config("pr1413").quant).kind == "fp16"
+    # PR #1855's int8 row quantization of the gate, written out independently
+    s_ref = (gate.abs().amax(dim=1).clamp_min(1e-10) / 127.0).half()
+    q_ref = torch.clamp(torch.round(gate / s_ref.float()[:, None]), -127, 127).to(torch.int8)
+    q, s = quantize(gate, 8, "percentile", 100.0, min_scale=0.0)
+    assert torch.equal(s, s_ref) and torch.equal(q, q_ref)

@@ -269,6 +269,8 @@ class QuantGroup:
     clip_value: float = knob(99.99984, "the percentile, or k for sdclip (clip = k * row std)")
     gptq: bool = knob(False, "GPTQ error feedback (needs Hessians) instead of round-to-nearest")
     min_scale: float = knob(-1.0, "per-row scale floor: -1 = 1/qmax (baseline), 0 = tiny, > 0 = that value")
+    small: bool = knob(False, "also take matching small 2-D tensors, before the small-tensor rule "
+                       "(PR #1855's int8 gate weights)")
 
     def check(self, where: str = "quant.groups[0]") -> None:
         need(2 <= self.bits <= 8 or self.bits in (16, 32), f"{where}.bits", f"expected 2..8, 16 or 32, got {self.bits}")

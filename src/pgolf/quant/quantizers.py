@@ -180,18 +180,22 @@ def _matches(name: str, patterns: list[str]) -> bool:
 def plan_tensor(name: str, tensor: Tensor, cfg: QuantConfig) -> TensorPlan:
     """Storage scheme for one tensor, by name and size.
 
-    Order: non-float -> raw; control patterns (only for small or < 2-D tensors, so a big matrix that
-    happens to contain "gate" in its name is never stored fp32) -> fp32; numel <= small_tensor_numel or
-    < 2 dims -> small_dtype; else the first QuantGroup whose fnmatch pattern matches.
+    Order: non-float -> raw; a small 2-D tensor matched by a group with `small` set -> that group;
+    control patterns (only for small or < 2-D tensors, so a big matrix that happens to contain "gate"
+    in its name is never stored fp32) -> fp32; numel <= small_tensor_numel or < 2 dims -> small_dtype;
+    else the first QuantGroup whose fnmatch pattern matches.
     """
     if not tensor.is_floating_point():
         return TensorPlan("raw", "raw (non-float)")
     small = tensor.numel() <= cfg.small_tensor_numel or tensor.ndim < 2
-    if small and _matches(name, cfg.control_patterns):
+    groups = cfg.groups
+    if small:  # only groups marked small take a small tensor, and only a 2-D one
+        groups = tuple(g for g in cfg.groups if g.small and tensor.ndim == 2 and fnmatch.fnmatchcase(name, g.pattern))
+    if small and not groups and _matches(name, cfg.control_patterns):
         return TensorPlan("fp32", "fp32 control")
-    if small:
+    if small and not groups:
         return TensorPlan(cfg.small_dtype, f"{cfg.small_dtype} small")
-    for g in cfg.groups:
+    for g in groups:
         if fnmatch.fnmatchcase(name, g.pattern):
             if g.bits == 16:
                 return TensorPlan("fp16", f"{g.pattern} fp16")
