@@ -58,6 +58,12 @@ def test_every_real_method_passes(model, name):
     assert report["order"] == METHODS[name].order(cfg_for())
 
 
+def test_lora_ttt_with_the_stored_scripts_settings_passes(model):
+    cfg = cfg_for("eval.lora_init=record", "eval.lora_context=false", "eval.lora_min_doc=32")
+    report = run_audit(model, "ttt-lora", cfg)
+    assert report["passed"], {k: c["details"] for k, c in report["checks"].items() if not c["passed"]}
+
+
 def test_phased_longest_first_with_document_phases_passes(model):
     cfg = cfg_for("eval.phased_order=longest", "eval.phased_docs=[2, 5]")
     report = run_audit(model, "phased", cfg)

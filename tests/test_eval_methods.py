@@ -354,3 +354,43 @@ def test_lora_adam_settings_reach_the_optimizer(monkeypatch):
     run_eval(tiny_model(cfg), stream(), cfg, "ttt-lora")
     assert made and all(k == {"lr": cfg.eval.lora_lr, "betas": (0.0, 0.99), "eps": 1e-10, "weight_decay": 0.5}
                         for k in made)
+
+
+def test_record_lora_init_and_scale():
+    from pgolf.eval.ttt_lora import attached_lora
+
+    cfg = tiny_cfg()
+    m = tiny_model(cfg)
+    with attached_lora(m, ("q", "v"), rows=2, rank=4, seed=0, init="record") as lora:
+        ad = lora.modules[0]
+        assert ad.scale == 0.25 and 0.005 < float(ad.A.detach().std()) < 0.02 and 0.0005 < float(ad.B.detach().std()) < 0.002
+        assert torch.equal(ad.A[0], ad.A[1]) and torch.equal(ad.B[0], ad.B[1])  # every row starts alike
+        x = torch.randn(2, 5, ad.A.size(2))
+        want = torch.bmm(torch.bmm(x, ad.A.transpose(1, 2)), ad.B.transpose(1, 2)) / 4  # x A^T B^T / rank
+        torch.testing.assert_close(ad.delta(x), want)
+
+
+def test_lora_without_context_scores_a_chunk_from_its_own_tokens_only():
+    cfg_ctx = tiny_cfg("eval.lora_chunk=8", "eval.lora_lr=0")  # lr 0: the adapters never change
+    cfg_alone = tiny_cfg("eval.lora_chunk=8", "eval.lora_lr=0", "eval.lora_context=false")
+    m = tiny_model(cfg_ctx)
+    toks = stream(200, docs=2)
+    other = toks.copy()
+    doc = np.flatnonzero(toks == 1)
+    lo, hi = int(doc[0]), int(doc[1])
+    other[lo + 3] = (other[lo + 3] + 1 - 4) % (V - 4) + 4  # a token in the first chunk of doc 1
+    for cfg, changes_later in ((cfg_ctx, True), (cfg_alone, False)):
+        a, b = run_eval(m, toks, cfg, "ttt-lora")["nll"], run_eval(m, other, cfg, "ttt-lora")["nll"]
+        later = slice(lo + 8, hi - 1)  # the document's later chunks
+        assert bool((a[later] - b[later]).abs().max() > 1e-6) == changes_later
+
+
+def test_short_documents_are_scored_by_the_base_model():
+    cfg = tiny_cfg("eval.lora_init=record", "eval.lora_min_doc=1000000", "eval.lora_chunk=8", "eval.seq_len=512")
+    m = tiny_model(cfg)
+    toks = stream()
+    ttt = run_eval(m, toks, cfg, "ttt-lora")
+    docs = run_eval(m, toks, cfg, "docs")
+    close(ttt, docs)  # no adapter (the record init is not the identity) and no step
+    adapted = run_eval(m, toks, tiny_cfg("eval.lora_init=record", "eval.lora_chunk=8", "eval.seq_len=512"), "ttt-lora")
+    assert abs(adapted["val_loss"] - docs["val_loss"]) > 1e-6

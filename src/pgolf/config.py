@@ -33,6 +33,7 @@ BigramInit = Literal["record", "normal"]
 DocAttention = Literal["dense", "flex"]
 LqerForm = Literal["pgolf", "record", "asym"]
 PhasedOrder = Literal["stream", "longest"]
+LoraInit = Literal["pgolf", "record"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -362,6 +363,12 @@ class EvalConfig:
     lora_beta2: float = knob(0.999, "LoRA Adam beta2 (PR #1855: 0.99)")
     lora_eps: float = knob(1e-8, "LoRA Adam epsilon (PR #1855: 1e-10)")
     lora_wd: float = knob(0.0, "LoRA decoupled weight decay (AdamW; PR #1855: 0.5)")
+    lora_init: LoraInit = knob("pgolf", "pgolf: A uniform +-1/sqrt(in), B zero (identity at start); record: "
+                               "A ~ N(0, 0.01), B ~ N(0, 0.001), delta scaled 1/rank (swapp1990's script)")
+    lora_context: bool = knob(True, "a chunk is scored with its document's earlier tokens as context "
+                              "(false: the chunk alone, as swapp1990's script)")
+    lora_min_doc: int = knob(0, "documents with fewer tokens are scored by the base model, without TTT "
+                             "(swapp1990's script: 32)")
     lora_batch_docs: int = knob(64, "documents adapted side by side")
     phased_points: tuple[float, ...] = knob((0.5,), "phased TTT: global SGD after these fractions of the targets")
     phased_docs: tuple[int, ...] = knob((), "phased TTT: global SGD after these many documents of the queue "
@@ -397,6 +404,7 @@ class EvalConfig:
         for name in ("lora_beta1", "lora_beta2"):
             need(0 <= getattr(self, name) < 1, f"{w}.{name}", f"must be in [0, 1), got {getattr(self, name)}")
         need(self.lora_eps > 0 and self.lora_wd >= 0, f"{w}.lora_eps", "lora_eps must be > 0 and lora_wd >= 0")
+        need(self.lora_min_doc >= 0, f"{w}.lora_min_doc", f"must be >= 0, got {self.lora_min_doc}")
         need(self.lora_batch_docs >= 1, f"{w}.lora_batch_docs", "must be >= 1")
         need(all(0.0 < p < 1.0 for p in self.phased_points), f"{w}.phased_points",
               f"fractions must be in (0, 1), got {list(self.phased_points)}")

@@ -36,22 +36,30 @@ class BatchedLoRA(nn.Module):
     the current batch holds (documents that still have chunks).
     """
 
-    def __init__(self, base: nn.Module | None, rows: int, in_features: int, out_features: int, a_init: torch.Tensor):
+    def __init__(self, base: nn.Module | None, rows: int, in_features: int, out_features: int, a_init: torch.Tensor,
+                 b_init: torch.Tensor | None = None, scale: float = 1.0):
         super().__init__()
-        self.base = base
+        self.base, self.scale = base, scale
+        if b_init is None:
+            b_init = torch.zeros(out_features, a_init.size(0), device=a_init.device)
         self.register_buffer("a_init", a_init.clone(), persistent=False)
+        self.register_buffer("b_init", b_init.clone(), persistent=False)
         self.A = nn.Parameter(a_init.expand(rows, *a_init.shape).clone())
-        self.B = nn.Parameter(torch.zeros(rows, out_features, a_init.size(0), device=a_init.device))
+        self.B = nn.Parameter(b_init.expand(rows, *b_init.shape).clone())
         self.active: torch.Tensor | None = None
+        self.enabled = True
 
     @torch.no_grad()
     def reset(self) -> None:
         self.A.copy_(self.a_init.expand_as(self.A))
-        self.B.zero_()
+        self.B.copy_(self.b_init.expand_as(self.B))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return torch.zeros((*x.shape[:-1], self.B.size(1)), dtype=x.dtype, device=x.device)
         A, B = (self.A, self.B) if self.active is None else (self.A[self.active], self.B[self.active])
-        return torch.bmm(torch.bmm(x, A.transpose(1, 2).to(x.dtype)), B.transpose(1, 2).to(x.dtype))
+        d = torch.bmm(torch.bmm(x, A.transpose(1, 2).to(x.dtype)), B.transpose(1, 2).to(x.dtype))
+        return d * self.scale if self.scale != 1.0 else d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.delta(x)
@@ -77,18 +85,31 @@ class LoRASet:
         for m in self.all():
             m.active = rows
 
+    def set_enabled(self, on: bool) -> None:
+        for m in self.all():
+            m.enabled = on
+
 
 def _a_init(gen: torch.Generator, rank: int, in_features: int, device) -> torch.Tensor:
     bound = 1.0 / math.sqrt(in_features)
     return ((torch.rand(rank, in_features, generator=gen) * 2 - 1) * bound).to(device)
 
 
+def _adapter(base: nn.Module | None, gen: torch.Generator, rows: int, rank: int, d_in: int, d_out: int,
+             init: str, device) -> BatchedLoRA:
+    if init == "record":  # swapp1990's script: both factors Gaussian, the product scaled 1/rank
+        a = (torch.randn(rank, d_in, generator=gen) * 0.01).to(device)
+        b = (torch.randn(d_out, rank, generator=gen) * 0.001).to(device)
+        return BatchedLoRA(base, rows, d_in, d_out, a, b, 1.0 / rank)
+    return BatchedLoRA(base, rows, d_in, d_out, _a_init(gen, rank, d_in, device))
+
+
 @contextmanager
-def attached_lora(model: nn.Module, targets: tuple[str, ...], rows: int, rank: int, seed: int = 0
-                  ) -> Iterator[LoRASet]:
+def attached_lora(model: nn.Module, targets: tuple[str, ...], rows: int, rank: int, seed: int = 0,
+                  init: str = "pgolf") -> Iterator[LoRASet]:
     """Wrap the targeted linears of every block with batched adapters; restore them on exit.
 
-    A's initial value is fixed by `seed` and identical for every row, so a document's trajectory
+    The initial factors are fixed by `seed` and identical for every row, so a document's trajectory
     never depends on which batch (or rank) it lands in.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -102,15 +123,14 @@ def attached_lora(model: nn.Module, targets: tuple[str, ...], rows: int, rank: i
             parent = getattr(block, LORA_TARGETS[t][0])
             attr = LORA_TARGETS[t][1]
             base = getattr(parent, attr)
-            lora = BatchedLoRA(base, rows, base.in_features, base.out_features,
-                               _a_init(gen, rank, base.in_features, device))
+            lora = _adapter(base, gen, rows, rank, base.in_features, base.out_features, init, device)
             setattr(parent, attr, lora)
             swapped.append((parent, attr, base))
             mods.append(lora)
     head = None
     if HEAD_TARGET in targets:
         d, vocab = model.cfg.model_dim, model.cfg.vocab_size
-        head = BatchedLoRA(None, rows, d, vocab, _a_init(gen, rank, d, device))
+        head = _adapter(None, gen, rows, rank, d, vocab, init, device)
     try:
         yield LoRASet(mods, head)
     finally:
@@ -130,7 +150,11 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
     """Score documents `spans` with per-document LoRA TTT on `model` (its weights stay frozen);
     batches go round-robin to ranks."""
     K = ecfg.lora_chunk
-    groups = doc_batches(spans, ecfg.lora_batch_docs)[rank::world]
+    # short documents (fewer than lora_min_doc targets) are batched apart and scored without TTT
+    short = [s for s in spans if s[1] - s[0] < ecfg.lora_min_doc]
+    long = [s for s in spans if s[1] - s[0] >= ecfg.lora_min_doc]
+    groups = ([(g, False) for g in doc_batches(short, ecfg.lora_batch_docs)]
+              + [(g, True) for g in doc_batches(long, ecfg.lora_batch_docs)])[rank::world]
     if desc is not None:
         groups = bar(groups, desc=desc, unit="batch")
     flags = [p.requires_grad for p in model.parameters()]
@@ -139,9 +163,11 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
     was_training = model.training
     model.eval()
     try:
-        with attached_lora(model, ecfg.lora_targets, ecfg.lora_batch_docs, ecfg.lora_rank, seed) as lora:
-            for group in groups:
+        with attached_lora(model, ecfg.lora_targets, ecfg.lora_batch_docs, ecfg.lora_rank, seed,
+                           ecfg.lora_init) as lora:
+            for group, adapt in groups:
                 lora.reset()
+                lora.set_enabled(adapt)  # short documents: the base model alone, no step
                 params = lora.parameters()
                 if ecfg.lora_optimizer == "adam":
                     opt = torch.optim.AdamW(params, lr=ecfg.lora_lr, betas=(ecfg.lora_beta1, ecfg.lora_beta2),
@@ -150,7 +176,9 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
                     opt = torch.optim.SGD(params, lr=ecfg.lora_lr)
                 n_chunks = max(math.ceil((hi - lo) / K) for lo, hi in group)
                 for k in range(n_chunks):
-                    _lora_step(model, lora, opt, scorer, group, k, K, window, autocast_dtype)
+                    _lora_step(model, lora, opt, scorer, group, k, K, window, autocast_dtype,
+                               ecfg.lora_context, adapt)
+                lora.set_enabled(True)
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
@@ -160,15 +188,16 @@ def lora_score_docs(model: nn.Module, scorer: Scorer, spans: list[tuple[int, int
 
 def _lora_step(model: nn.Module, lora: LoRASet, opt: torch.optim.Optimizer, scorer: Scorer,
                group: list[tuple[int, int]], k: int, K: int, window: int,
-               autocast_dtype: torch.dtype | None) -> None:
-    """Score chunk k of every document in the batch that has one, then one step on those chunks."""
+               autocast_dtype: torch.dtype | None, context: bool = True, train: bool = True) -> None:
+    """Score chunk k of every document in the batch that has one (with the document's earlier tokens
+    as context, or alone), then one step on those chunks when `train`."""
     stream, dev = scorer.stream, scorer.device
     rows = [i for i, (lo, hi) in enumerate(group) if lo + k * K < hi]
     spec = []  # (window start, chunk start, chunk end) per active row
     for i in rows:
         lo, hi = group[i]
         c_lo, c_hi = lo + k * K, min(lo + (k + 1) * K, hi)
-        spec.append((max(lo, c_hi - window), c_lo, c_hi))
+        spec.append((max(lo, c_hi - window) if context else c_lo, c_lo, c_hi))
     w_start = torch.tensor([s[0] for s in spec], device=dev)
     c_lo = torch.tensor([s[1] for s in spec], device=dev)
     c_len = torch.tensor([s[2] - s[1] for s in spec], device=dev)
@@ -189,6 +218,8 @@ def _lora_step(model: nn.Module, lora: LoRASet, opt: torch.optim.Optimizer, scor
             logits = logits + lora.head.delta(hc).float()
     logits = logits.float()
     scorer.score(log_probs(logits), pos, valid)
+    if not train:
+        return
     # Per-row mean NLL, summed over rows: each document's gradient is its own.
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(valid.shape)
     loss = (nll * valid / c_len[:, None]).sum()
