@@ -230,3 +230,23 @@ def test_cuda_flex_doc_attention_backward_matches_dense():
     lb.backward()
     for a, b in zip(dense.parameters(), flex.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_embedding_tables_train_and_cpu_keeps_fp32(tmp_path):
+    from pgolf.model.weights import cast_embeddings
+
+    cfg = tiny_config(**{"train.embed_dtype": "bf16", "model.bigram_buckets": 64, "model.bigram_dim": 16})
+    tr = trainer_for(cfg, make_real_data(tmp_path))
+    try:
+        assert tr.model.tok_emb.weight.dtype == torch.float32  # bf16 applies on CUDA only
+        ids = {id(p) for o in tr.optimizers for g in o.param_groups for p in g["params"]}
+        assert sorted(cast_embeddings(tr.model, torch.bfloat16)) == ["bigram.table", "tok_emb"]
+        assert id(tr.model.tok_emb.weight) in ids  # the same Parameter, still optimized
+        before = tr.model.tok_emb.weight.detach().clone()
+        losses = [float(tr.train_step()) for _ in range(3)]
+        assert all(math.isfinite(x) for x in losses)
+        assert tr.model.tok_emb.weight.dtype == torch.bfloat16 and not torch.equal(before, tr.model.tok_emb.weight)
+        state = next(o.state[tr.model.tok_emb.weight] for o in tr.optimizers if tr.model.tok_emb.weight in o.state)
+        assert state["exp_avg"].dtype == torch.bfloat16
+    finally:
+        tr.loader.close()

@@ -34,6 +34,7 @@ DocAttention = Literal["dense", "flex"]
 LqerForm = Literal["pgolf", "record", "asym"]
 PhasedOrder = Literal["stream", "longest"]
 LoraInit = Literal["pgolf", "record"]
+DType2 = Literal["fp32", "bf16"]
 Loader = Literal["sequential", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -242,6 +243,8 @@ class TrainConfig:
     threads: int = knob(0, "torch CPU threads (0 = torch's default); fixed for bitwise CPU results")
     gptq_reserve_seconds: float = knob(0.0, "time kept back inside max_seconds for GPTQ calibration")
     doc_isolated: bool = knob(False, "train with attention (and previous-token terms) inside documents only")
+    embed_dtype: DType2 = knob("fp32", "embedding tables' parameter dtype on CUDA (the records: bf16); "
+                               "CPU keeps fp32")
 
     def check(self, where: str = "train") -> None:
         w = where

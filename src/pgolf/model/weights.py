@@ -90,3 +90,14 @@ def build_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], where: st
     model.set_recurrence(recurrence)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model
+
+
+def cast_embeddings(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """Store every nn.Embedding table in `dtype` (in place, same Parameter objects), as the records
+    keep tok_emb and BigramHash tables in bf16 on the GPU; names of the tables cast."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding):
+            m.weight.data = m.weight.data.to(dtype)
+            names.append(name)
+    return names

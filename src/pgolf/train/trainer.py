@@ -32,7 +32,7 @@ from pgolf.errors import InputError, WorkError
 from pgolf.eval.methods import evaluate
 from pgolf.logs import bar, fmt_bpb, fmt_rate, log, plural
 from pgolf.model.gpt import GPT
-from pgolf.model.weights import model_state
+from pgolf.model.weights import cast_embeddings, model_state
 from pgolf.optim.averaging import make_averager
 from pgolf.optim.groups import build_optimizers, describe_groups, freeze_params
 from pgolf.optim.schedule import Schedule
@@ -116,6 +116,8 @@ class Trainer:
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(self.device)
+        if cfg.train.embed_dtype == "bf16" and self.device.type == "cuda":
+            cast_embeddings(self.model, torch.bfloat16)
         attach_qat(self.model, cfg.quant)  # "full": on now; "late": switched on later
         if cfg.optim.frozen:
             freeze_params(self.model, cfg.optim.frozen)
