@@ -19,13 +19,10 @@ from pgolf.quant.quantizers import QuantizedTensor, dequantize, quantize
 
 def lowrank_factors(err: Tensor, rank: int, bits: int) -> tuple[QuantizedTensor, QuantizedTensor]:
     """Quantized rank-r factors (A, B) of the 2-D error matrix err."""
-    if err.ndim != 2:
-        raise ValueError(f"LQER needs a 2-D error matrix, got shape {tuple(err.shape)}")
-    r = max(1, min(rank, min(err.shape)))
-    U, S, Vh = torch.linalg.svd(err.float(), full_matrices=False)
-    root = S[:r].sqrt()
-    A = U[:, :r] * root[None, :]
-    B = root[:, None] * Vh[:r]
+    U, S, Vh = _svd(err, rank)
+    root = S.sqrt()
+    A = U * root[None, :]
+    B = root[:, None] * Vh
     qa, sa = quantize(A, bits, "mse", 0.0, min_scale=0.0)
     qb, sb = quantize(B, bits, "mse", 0.0, min_scale=0.0)
     return QuantizedTensor(qa, sa, bits), QuantizedTensor(qb, sb, bits)
@@ -33,7 +30,7 @@ def lowrank_factors(err: Tensor, rank: int, bits: int) -> tuple[QuantizedTensor,
 
 def record_factors(err: Tensor, rank: int, bits: int) -> tuple[QuantizedTensor, QuantizedTensor]:
     """PR #1855's symmetric form: A = U_r S_r, B = V_r^T, each per-row int-k at its row max."""
-    A, B = _svd(err, rank)
+    A, B = _record_split(err, rank)
     qa, sa = quantize(A, bits, "percentile", 100.0, min_scale=0.0)
     qb, sb = quantize(B, bits, "percentile", 100.0, min_scale=0.0)
     return QuantizedTensor(qa, sa, bits), QuantizedTensor(qb, sb, bits)
@@ -43,7 +40,7 @@ def asym_factors(err: Tensor, rank: int, group: int) -> tuple[QuantizedTensor, Q
     """PR #1855's asymmetric form: A = U_r S_r as int2 on [-2, 1] with one scale |A|max / 1.5, and
     B = V_r^T as int4 on [-8, 7] in groups of `group` consecutive values, scale |group|max / 7.5.
     B is returned grouped, [r * in / group, group]."""
-    A, B = _svd(err, rank)
+    A, B = _record_split(err, rank)
     sa = (A.abs().max().clamp_min(1e-10) / 1.5).to(torch.float16)
     qa = torch.clamp(torch.round(A / sa.float()), -2, 1).to(torch.int8)
     Bg = B.reshape(-1, group)
@@ -53,12 +50,19 @@ def asym_factors(err: Tensor, rank: int, group: int) -> tuple[QuantizedTensor, Q
             QuantizedTensor(qb, sb, 4, asym=True))
 
 
-def _svd(err: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+def _svd(err: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-r singular triplets (U_r, S_r, V_r^T) of the 2-D error matrix."""
     if err.ndim != 2:
         raise ValueError(f"LQER needs a 2-D error matrix, got shape {tuple(err.shape)}")
     r = max(1, min(rank, min(err.shape)))
     U, S, Vh = torch.linalg.svd(err.float(), full_matrices=False)
-    return (U[:, :r] * S[:r]).contiguous(), Vh[:r].contiguous()
+    return U[:, :r], S[:r], Vh[:r]
+
+
+def _record_split(err: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """PR #1855's split: A = U_r S_r, B = V_r^T."""
+    U, S, Vh = _svd(err, rank)
+    return (U * S).contiguous(), Vh.contiguous()
 
 
 def factors(err: Tensor, rank: int, bits: int, form: str = "pgolf",
