@@ -35,7 +35,7 @@ LqerForm = Literal["pgolf", "record", "asym"]
 PhasedOrder = Literal["stream", "longest"]
 LoraInit = Literal["pgolf", "record"]
 DType2 = Literal["fp32", "bf16"]
-Loader = Literal["sequential", "shuffled"]
+Loader = Literal["sequential", "packed", "shuffled"]
 NsCoeffs = Literal["fixed", "polar_express"]
 Device = Literal["auto", "cpu", "cuda"]
 Switch = Literal["auto", "on", "off"]
@@ -75,7 +75,9 @@ def need(cond: bool, where: str, msg: str) -> None:
 class DataConfig:
     path: str = knob("", "shard dir with fineweb_{train,val}_*.bin; empty: given on the command line")
     tokenizer: str = knob("", "SentencePiece .model; empty: the one the shard dir's manifest names")
-    loader: Loader = knob("sequential", "sequential (the baseline stream) or shuffled (per-rank random sequences)")
+    loader: Loader = knob("sequential", "sequential (the baseline stream), packed (the records' one row per "
+                          "rank from a document start, with train.doc_isolated) or shuffled (per-rank random "
+                          "sequences)")
     prefetch: int = knob(2, "batches prepared ahead in a background thread (0 = none)")
     caseops: bool = knob(False, "CaseOps data: corpora are transformed when tokenized, and the val split "
                          "must carry its byte sidecar (pgolf.data.caseops)")
@@ -127,6 +129,8 @@ class ModelConfig:
     sparse_attn_gate: bool = knob(False, "per-head gate sigmoid(scale * W x[:12]) on the attention output, "
                                   "W zero-init (PR #1855; starts at 0.5)")
     sparse_attn_gate_scale: float = knob(1.0, "the sparse attention gate's pre-sigmoid scale")
+    doc_segment_len: int = knob(0, "doc-isolated attention also cuts each document every this many tokens "
+                                "from its start (the records' varlen max_doc_len); 0 = no cut")
     bos_id: int = knob(BOS_ID, "document delimiter token id")
 
     @property
@@ -177,6 +181,7 @@ class ModelConfig:
         need(self.parallel_from == -1 or 0 <= self.parallel_from < self.num_layers, f"{w}.parallel_from",
               f"must be -1 or a layer index < {self.num_layers}, got {self.parallel_from}")
         need(0 <= self.bos_id < self.vocab_size, f"{w}.bos_id", f"must be a token id < vocab_size, got {self.bos_id}")
+        need(self.doc_segment_len >= 0, f"{w}.doc_segment_len", f"must be >= 0, got {self.doc_segment_len}")
 
 
 @dataclass(frozen=True)
@@ -434,6 +439,10 @@ class Config:
         """Every section's checks; the checks an eval method adds are the method's (pgolf.eval.methods)."""
         for name in SECTIONS:
             getattr(self, name).check(name)
+        if self.data.loader == "packed":  # one long row: only sensible with capped document segments
+            need(self.train.doc_isolated, "train.doc_isolated", "must be true with data.loader = packed")
+            need(self.model.doc_segment_len > 0, "model.doc_segment_len",
+                 "must be > 0 with data.loader = packed (each row is micro_batch_tokens long)")
 
     def to_dict(self) -> dict:
         return json.loads(self.to_json())
@@ -650,6 +659,7 @@ def smoke_overrides(cfg: Config) -> list[str]:
         "model.model_dim": 64, "model.num_heads": 2, "model.num_kv_heads": 1 if m.num_kv_heads < m.num_heads else 2,
         "model.rope_dims": min(m.rope_dims, 16), "model.bigram_dim": min(m.bigram_dim, 32),
         "model.value_embed_dim": min(m.value_embed_dim, 32), "model.rope_train_len": min(m.rope_train_len, seq),
+        "model.doc_segment_len": min(m.doc_segment_len, seq),
         "train.seq_len": seq, "train.micro_batch_tokens": 8 * seq, "train.batch_tokens": 8 * seq,
         "train.max_steps": SMOKE_STEPS, "train.max_seconds": 0, "train.warmup_steps": min(t.warmup_steps, 1),
         "train.warmdown_iters": min(t.warmdown_iters, SMOKE_STEPS // 2), "train.val_every": 0,

@@ -2,11 +2,16 @@
 
 - SequentialLoader: the baseline stream. Shards are read in order as one token stream (wrapping at the
   end); each step the ranks take consecutive disjoint spans of micro_batch_tokens + 1 tokens.
+- PackedLoader: the records' document packing (PR #1855's DocumentPackingLoader). One row of
+  micro_batch_tokens per rank and step, cut from the current shard starting at its first BOS; ranks take
+  consecutive spans of micro_batch_tokens + 1; a shard whose rest cannot hold a step is left for the
+  next (wrapping at the end). Documents are separated by the model's doc-isolated attention.
 - ShuffledLoader: each rank owns a disjoint subset of shards (round-robin; with fewer shards than ranks
   all ranks share the shards and split the sequence starts instead). Per epoch and shard a random phase
   in [0, seq_len) sets the sequence grid, and the rank visits its sequences in a random order.
 
-Both return (x, y) int64 tensors of shape [micro_batch_tokens // seq_len, seq_len], y = x shifted by one.
+They return (x, y) int64 tensors of shape [micro_batch_tokens // seq_len, seq_len] ([1, micro_batch_tokens]
+when packed), y = x shifted by one.
 A loader is a pure function of its small state (position / epoch + index): state_dict() reports the
 position after the last batch handed out (not what the prefetch thread has read ahead), so
 load_state_dict() on a fresh loader continues with exactly the batches an uninterrupted run would see.
@@ -182,6 +187,48 @@ class SequentialLoader(_Loader):
         return x, y, nxt
 
 
+class PackedLoader(_Loader):
+    """The records' packed layout: one row per rank and step, from a document start on (see above)."""
+
+    kind = "packed"
+
+    def __init__(self, shard_paths: Sequence[str | os.PathLike], seq_len: int, micro_batch_tokens: int,
+                 rank: int = 0, world_size: int = 1, vocab_size: int | None = None, prefetch: int = 0,
+                 bos_id: int = 1):
+        super().__init__(shard_paths, seq_len, micro_batch_tokens, rank, world_size, vocab_size, prefetch)
+        self.span = micro_batch_tokens + 1
+        self.step_tokens = self.span * world_size
+        self.firsts = []  # each shard's first BOS, or -1 when no step fits after it
+        for path, shard in zip(self.paths, self.shards):
+            bos = np.flatnonzero(shard == bos_id)
+            fits = len(bos) and len(shard) - int(bos[0]) >= self.step_tokens
+            self.firsts.append(int(bos[0]) if fits else -1)
+        if max(self.firsts) < 0:
+            raise InputError(f"{self.paths[0]}...: no shard holds one step ({world_size} ranks x {self.span} "
+                             f"tokens) after its first BOS ({bos_id})")
+        first = next(i for i, f in enumerate(self.firsts) if f >= 0)
+        self._state = {"kind": self.kind, "shard": first, "cursor": self.firsts[first]}
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        super()._check_state(state)
+        s, c = state.get("shard"), state.get("cursor")
+        if not (isinstance(s, int) and 0 <= s < len(self.shards) and isinstance(c, int)
+                and 0 <= c <= len(self.shards[s]) - self.step_tokens):
+            raise InputError(f"loader state shard={s!r} cursor={c!r} is not a position of these shards")
+
+    def _step(self, state):
+        s, cursor = state["shard"], state["cursor"]
+        while cursor + self.step_tokens > len(self.shards[s]):  # the record drops the shard's rest
+            s = (s + 1) % len(self.shards)
+            cursor = self.firsts[s]
+            if cursor < 0:
+                cursor = len(self.shards[s])  # nothing fits in this shard: on to the next
+        a = cursor + self.rank * self.span
+        buf = np.asarray(self.shards[s][a: a + self.span], dtype=np.int64)
+        return buf[None, :-1].copy(), buf[None, 1:].copy(), {"kind": self.kind, "shard": s,
+                                                            "cursor": cursor + self.step_tokens}
+
+
 class ShuffledLoader(_Loader):
     """Random sequences from the rank's own shards; every epoch a new phase and order."""
 
@@ -251,10 +298,12 @@ class ShuffledLoader(_Loader):
 
 def make_loader(kind: str, shard_paths: Sequence[str | os.PathLike], seq_len: int, micro_batch_tokens: int,
                 rank: int = 0, world_size: int = 1, seed: int = 0, vocab_size: int | None = None,
-                prefetch: int = 0) -> SequentialLoader | ShuffledLoader:
-    """The loader named by DataConfig.loader ('sequential' or 'shuffled')."""
+                prefetch: int = 0, bos_id: int = 1) -> _Loader:
+    """The loader named by DataConfig.loader ('sequential', 'packed' or 'shuffled')."""
     if kind == "sequential":
         return SequentialLoader(shard_paths, seq_len, micro_batch_tokens, rank, world_size, vocab_size, prefetch)
+    if kind == "packed":
+        return PackedLoader(shard_paths, seq_len, micro_batch_tokens, rank, world_size, vocab_size, prefetch, bos_id)
     if kind == "shuffled":
         return ShuffledLoader(shard_paths, seq_len, micro_batch_tokens, rank, world_size, seed, vocab_size, prefetch)
-    raise InputError(f"data.loader: {kind!r} is not a loader (expected 'sequential' or 'shuffled')")
+    raise InputError(f"data.loader: {kind!r} is not a loader (expected 'sequential', 'packed' or 'shuffled')")

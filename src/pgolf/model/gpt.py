@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention
+from pgolf.model.docmask import dense_doc_mask, doc_block_mask, segment_ids
 from pgolf.model.embed import BigramHash, SmearGate, ValueEmbedding
 from pgolf.model.layers import CastedLinear, orthogonal_init_, rms_norm
 from pgolf.model.mlp import MLP
@@ -127,18 +127,12 @@ class GPT(nn.Module):
         return x
 
     def doc_mask(self, idx: torch.Tensor):
-        """Causal attention within each document (documents start at BOS): a [B, 1, T, T] bool mask,
-        or with model.doc_attention = "flex" a FlexAttention BlockMask of the same pattern."""
-        doc = torch.cumsum((idx == self.cfg.bos_id).to(torch.int32), dim=1)
-        B, T = idx.shape
+        """Causal attention within each document segment (pgolf.model.docmask): a [B, 1, T, T] bool
+        mask, or with model.doc_attention = "flex" a FlexAttention BlockMask of the same pattern."""
+        seg = segment_ids(idx, self.cfg.bos_id, self.cfg.doc_segment_len)
         if self.cfg.doc_attention == "flex":
-            def same_doc_causal(b, h, q, k):
-                return (q >= k) & (doc[b, q] == doc[b, k])
-
-            return create_block_mask(same_doc_causal, B, None, T, T, device=idx.device,
-                                     BLOCK_SIZE=min(128, T))
-        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
-        return (causal[None] & (doc[:, :, None] == doc[:, None, :])).unsqueeze(1)
+            return doc_block_mask(seg, min(128, idx.size(1)))
+        return dense_doc_mask(seg)
 
     def _add_skip(self, h: torch.Tensor, skip: torch.Tensor, j: int) -> torch.Tensor:
         w = self.skip_weights[j].to(h.dtype)

@@ -30,7 +30,7 @@ from pgolf.config import Config, ConfigError
 from pgolf.data.loader import make_loader
 from pgolf.errors import InputError, WorkError
 from pgolf.eval.methods import evaluate
-from pgolf.logs import bar, fmt_bpb, fmt_rate, log, plural
+from pgolf.logs import BARS, DETAIL, bar, fmt_bpb, fmt_rate, log, plural
 from pgolf.model.gpt import GPT
 from pgolf.model.weights import cast_embeddings, model_state
 from pgolf.optim.averaging import make_averager
@@ -127,7 +127,7 @@ class Trainer:
         self.averager = make_averager(cfg.optim)
         self.loader = make_loader(cfg.data.loader, data.train_paths, cfg.train.seq_len, cfg.train.micro_batch_tokens,
                                   proc.rank, proc.world, seed=cfg.train.seed, vocab_size=cfg.model.vocab_size,
-                                  prefetch=cfg.data.prefetch)
+                                  prefetch=cfg.data.prefetch, bos_id=cfg.model.bos_id)
         self.compiled = runtime.use_compile(cfg.train, self.device)
         if self.compiled and cfg.quant.qat != "off":
             # Keep the fp16 rounding of QAT scales, which inductor otherwise elides: the forward pass then
@@ -229,14 +229,14 @@ class Trainer:
         s, t = self.state, self.cfg.train
         steps = s.step - s.log_step
         window_ms = s.elapsed_ms - s.log_elapsed_ms
-        rec = {"step": s.step, "train_loss": loss, "lr_scale": s.lr_scale,
-               "ms_per_step": window_ms / steps if steps > 0 else None,
-               "tokens_per_second": steps * t.batch_tokens / (window_ms / 1000) if window_ms > 0 else None,
-               "elapsed_s": s.elapsed_ms / 1000, "train_tokens": s.train_tokens,
-               "memory_bytes": peak_memory_bytes(self.device)}
-        if val is not None:
-            rec.update(val_loss=val["val_loss"], val_bpb=val["val_bpb"])
+        ms_per_step = window_ms / steps if steps > 0 else None
+        rate = steps * t.batch_tokens / (window_ms / 1000) if window_ms > 0 else None
         if self.proc.is_main and self.metrics is not None:
+            rec = {"step": s.step, "train_loss": loss, "lr_scale": s.lr_scale, "ms_per_step": ms_per_step,
+                   "tokens_per_second": rate, "elapsed_s": s.elapsed_ms / 1000, "train_tokens": s.train_tokens,
+                   "memory_bytes": peak_memory_bytes(self.device)}
+            if val is not None:
+                rec.update(val_loss=val["val_loss"], val_bpb=val["val_bpb"])
             append_jsonl(self.metrics, rec)
         parts = [self._position()]
         if loss is not None:
@@ -244,8 +244,8 @@ class Trainer:
         if val is not None:
             parts.append(f"val_bpb {fmt_bpb(val['val_bpb'])} (val_loss {val['val_loss']:.4f})")
         parts.append(f"lr_scale {s.lr_scale:.3f}")
-        if rec["ms_per_step"] is not None:
-            parts.append(f"{rec['ms_per_step']:.1f} ms/step, {fmt_rate(rec['tokens_per_second'])}")
+        if ms_per_step is not None:
+            parts.append(f"{ms_per_step:.1f} ms/step, {fmt_rate(rate)}")
         log.info(" | ".join(parts))
         s.log_step, s.log_elapsed_ms = s.step, s.elapsed_ms
 
@@ -264,7 +264,8 @@ class Trainer:
         budget_ms = self.schedule.budget_ms
         timed = budget_ms > 0
         pbar = bar(total=round(budget_ms / 1000) if timed else t.max_steps, desc="train",
-                   unit="s" if timed else "step", initial=round(s.elapsed_ms / 1000) if timed else s.step)
+                   unit="s" if timed else "step", initial=round(s.elapsed_ms / 1000) if timed else s.step) \
+            if BARS else None
         if self.averager is not None and not self.averager.ready and cfg.optim.ema_from_init:
             self.averager.reset(self.model)  # EMA: the initial weights are the starting average
         runtime.synchronize(self.device)
@@ -306,9 +307,10 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         raise WorkError(f"training diverged: train loss {loss_value} at step {s.step:,}")
                     s.last_loss, s.last_loss_step = loss_value, s.step
-                if s.last_loss is not None:
-                    pbar.set_postfix_str(f"loss {s.last_loss:.4f} @ step {s.last_loss_step:,}", refresh=False)
-                pbar.update((round(s.elapsed_ms / 1000) if timed else s.step) - pbar.n)
+                if pbar is not None:
+                    if s.last_loss is not None:
+                        pbar.set_postfix_str(f"loss {s.last_loss:.4f} @ step {s.last_loss_step:,}", refresh=False)
+                    pbar.update((round(s.elapsed_ms / 1000) if timed else s.step) - pbar.n)
                 val = self.validate(self.data.val_tokens, self.data.val_bytes) if is_val else None
                 if s.finished:
                     s.final_loss = loss_value
@@ -321,7 +323,8 @@ class Trainer:
                     runtime.synchronize(self.device)
                     mark = time.perf_counter()  # validation and checkpoint writes are off the clock
         finally:
-            pbar.close()
+            if pbar is not None:
+                pbar.close()
 
     # -- after the loop ------------------------------------------------------------------------
     def calibrate_gptq(self) -> tuple[dict | None, float]:
@@ -331,7 +334,9 @@ class Trainer:
             return None, 0.0
         t0 = time.perf_counter()
         per_rank = -(-q.gptq_batches // self.proc.world)
-        batches = (self.loader.next_batch()[0].to(self.device) for _ in range(per_rank))
+        # plain windows of train.seq_len (a packed row is one long row; the records calibrate on sequences)
+        batches = (self.loader.next_batch()[0].reshape(-1, self.cfg.train.seq_len).to(self.device)
+                   for _ in range(per_rank))
         with runtime.autocast(self.device, self.amp):
             hessians = collect_hessians(self.model, batches, hessian_targets(self.model, q))
         if self.proc.world > 1:  # equal rows per rank, so the mean of means is the global mean
@@ -381,7 +386,8 @@ class Trainer:
                 metrics_truncate(self.state.step - int(self.state.finished))
         else:
             log.info(self.describe())
-            log.info("optimizer groups:\n" + describe_groups(self.optimizers))
+            if DETAIL:
+                log.info("optimizer groups:\n" + describe_groups(self.optimizers))
         warmup_s = 0.0 if self.state.finished else self.warmup()
         if warmup_s:
             log.info(f"compile warm-up: {plural(self.warmup_count(), 'step')} in {warmup_s:.1f} s (state restored)")
