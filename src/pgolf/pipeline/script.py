@@ -28,7 +28,7 @@ from pgolf.eval.artifact import TOKENIZER_SHA_KEY, load_artifact_for
 from pgolf.logs import log, log_file, setup_console
 from pgolf.model.weights import RECURRENCE_KEY
 from pgolf.pipeline.job import final_lines, train_data
-from pgolf.quant.budget import format_budget_table, pack_state
+from pgolf.quant.budget import pack_state
 from pgolf.train.trainer import train
 
 
@@ -38,7 +38,6 @@ def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes
     out.mkdir(parents=True, exist_ok=True)
     try:
         with log_file(out / "train.log"):
-            methods.check(cfg)
             sp = load_tokenizer(tokenizer)
             check_vocab(sp.vocab_size(), cfg.model.vocab_size, tokenizer)
             tdata, subset, full = train_data(cfg, Path(data_dir), byte_tables(sp), proc.device,
@@ -50,7 +49,6 @@ def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes
                         "torch_version": torch.__version__, TOKENIZER_SHA_KEY: file_sha256(tokenizer),
                         RECURRENCE_KEY: int(result.recurrence)}
                 packed = pack_state(result.state, cfg.artifact_dict(), cfg.quant, code_bytes, meta, result.hessians, False)
-                log.info(format_budget_table(packed.report))
                 if not packed.report["fits"]:
                     raise WorkError(f"artifact over budget: {packed.report['total_bytes']:,} bytes")
                 atomic_write_bytes(artifact, packed.blob)
@@ -99,6 +97,7 @@ def config_from(args: argparse.Namespace) -> Config:
     except json.JSONDecodeError as e:
         raise InputError(f"--config-json: invalid JSON ({e})") from None
     cfg = Config.from_dict(d)
+    methods.check(cfg)  # a bundle's config passed this when it was bundled
     return cfg.replace([f"train.seed={seed_from(args.overrides, cfg.train.seed)}"])
 
 
@@ -109,11 +108,13 @@ def own_size() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="train_gpt.py", description="train -> pack -> score (pgolf's record script)")
-    p.add_argument("--config-json", help="the recipe's resolved config (compiled into a bundled script)")
-    p.add_argument("--data", required=True, help="shard dir with fineweb_train_*.bin and fineweb_val_*.bin")
-    p.add_argument("--tokenizer", required=True, help="the SentencePiece model the shards were built with")
-    p.add_argument("--out", default="runs/record", help="output folder (artifact, train.log, summary.json)")
+    # train -> pack -> score; --data: the shard dir, --tokenizer: its SentencePiece model, --out: the
+    # folder for artifact.pgolf, train.log and summary.json (help texts would be counted bytes)
+    p = argparse.ArgumentParser(prog="train_gpt.py")
+    p.add_argument("--config-json")
+    p.add_argument("--data", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--out", default="runs/record")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="train.seed=N")
     args = p.parse_args(argv)
     try:

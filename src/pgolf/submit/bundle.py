@@ -32,7 +32,7 @@ import python_minifier
 from pgolf.atomic import atomic_write_bytes
 from pgolf.config import SECTIONS, Config, QuantGroup, TrainConfig
 from pgolf.errors import InputError, WorkError
-from pgolf.eval.context import Method
+from pgolf.eval.methods import check as check_method
 from pgolf.quant.container import PLAIN_CODECS
 from pgolf.quant.pergroup import REMAINDER_CODEC
 from pgolf.submit.flatten import PKG_ROOT, Flattener, shake_module, std_modules
@@ -42,8 +42,9 @@ ENTRY, ROOT = "pgolf.pipeline.script", "main"
 SEED = "_SEED"
 COMPRESSIONS = ("none", "lzma", "brotli", "auto")
 CONFIG_CLASSES = {cls.__name__: cls for cls in (Config, QuantGroup, *SECTIONS.values())}
-# module constants the counted script is built with: no tqdm progress bars (its output is a log)
-BUNDLE_CONSTANTS = {("pgolf.logs", "BARS"): False}
+# module constants the counted script is built with: no tqdm progress bars (its output is a log), no
+# toolkit diagnostics
+BUNDLE_CONSTANTS = {("pgolf.logs", "BARS"): False, ("pgolf.logs", "DETAIL"): False}
 
 
 def kept_methods(cfg: Config) -> set[str]:
@@ -141,6 +142,7 @@ def _flat(fingerprint: tuple) -> tuple[str, dict]:
 def _program(config_json: str, fingerprint: tuple) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """(specialised source, kept modules, kept definitions) for a config (cached per source state)."""
     cfg = Config.from_dict(json.loads(config_json))
+    check_method(cfg)  # the script's config is checked here, once (its entry no longer does)
     source, names = _flat(fingerprint)
     tree = ast.parse(source)
     tree.body = [s for s in tree.body if not (isinstance(s, ast.ImportFrom) and s.module == "__future__")]
