@@ -202,3 +202,19 @@ def test_bundled_script_matches_pgolf_run(tmp_path, micro_data):
     assert bad.returncode == 2 and "only train.seed can change" in bad.stderr
     missing = clean_python(work, ["--data", str(tmp_path / "nowhere"), "--tokenizer", str(tok)])
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_record_seed_precedence_and_bad_values(monkeypatch):
+    from pgolf.config import ConfigError
+    from pgolf.pipeline.script import seed_from
+    monkeypatch.delenv("SEED", raising=False)
+    assert seed_from([], 1337) == 1337
+    monkeypatch.setenv("SEED", " 42 ")
+    assert seed_from([], 1337) == 42
+    assert seed_from(["train.seed=7"], 1337) == 7  # --set wins over SEED
+    for bad in (["train.seed=-1"], ["train.seed=x"], [f"train.seed={2 ** 32}"], ["train.seed="]):
+        with pytest.raises(ConfigError, match=r"train\.seed"):
+            seed_from(bad, 1)
+    monkeypatch.setenv("SEED", "nope")
+    with pytest.raises(ConfigError, match="nope"):
+        seed_from([], 1)

@@ -85,10 +85,6 @@ class _Loader(ABC):
             x, y, self._state = item
         return torch.from_numpy(x), torch.from_numpy(y)
 
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
     def state_dict(self) -> dict[str, Any]:
         return dict(self._state)
 
@@ -102,12 +98,6 @@ class _Loader(ABC):
             self._stop.set()
             self._thread.join()
         self._thread = self._queue = self._stop = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self):
         try:

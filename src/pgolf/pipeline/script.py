@@ -31,6 +31,8 @@ from pgolf.pipeline.job import final_lines, train_data
 from pgolf.quant.budget import pack_state
 from pgolf.train.trainer import train
 
+BUNDLED = False  # True in the counted script (set by the bundler): its config is compiled in
+
 
 def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes: int) -> dict:
     proc = runtime.setup(cfg.train.device)
@@ -72,19 +74,14 @@ def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes
 def seed_from(overrides: list[str], default: int) -> int:
     """The seed of a record run: --set train.seed=N, else the challenge's SEED variable, else the
     recipe's. Nothing else can change: the counted script is specialised to its recipe."""
-    raw = os.environ.get("SEED", "").strip() or None
+    raw = os.environ.get("SEED", "").strip() or str(default)
     for o in overrides:
-        key, _, value = o.partition("=")
+        key, _, raw = o.partition("=")
         if key.strip() != "train.seed":
             raise ConfigError(f"--set {o}: only train.seed can change (the script is specialised to its recipe)")
-        raw = value.strip()
-    try:
-        seed = default if raw is None else int(raw)
-    except ValueError:
-        raise ConfigError(f"train.seed: expected an integer, got {raw!r}") from None
-    if not 0 <= seed < 2 ** 32:
-        raise ConfigError(f"train.seed: must be in 0 .. 2**32-1, got {seed}")
-    return seed
+    if not raw.strip().isdigit() or int(raw) >= 2 ** 32:
+        raise ConfigError(f"train.seed: expected an integer in 0 .. 2**32-1, got {raw!r}")
+    return int(raw)
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -111,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     # train -> pack -> score; --data: the shard dir, --tokenizer: its SentencePiece model, --out: the
     # folder for artifact.pgolf, train.log and summary.json (help texts would be counted bytes)
     p = argparse.ArgumentParser(prog="train_gpt.py")
-    p.add_argument("--config-json")
+    if not BUNDLED:
+        p.add_argument("--config-json")
     p.add_argument("--data", required=True)
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--out", default="runs/record")

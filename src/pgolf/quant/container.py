@@ -221,10 +221,12 @@ class Artifact:
     sha256: str
 
 
-def parse_artifact(data: bytes, where: str = "artifact") -> Artifact:
-    """Validate and decode artifact bytes. Any problem -> InputError('{where}: not a valid ...')."""
+def parse_artifact(data: bytes, where: str = "artifact", lqer: bool = True, reorder: bool = True) -> Artifact:
+    """Validate and decode artifact bytes. Any problem -> InputError('{where}: not a valid ...').
+    lqer / reorder False: a reader for artifacts without LQER factors / stored row or column orders
+    (the counted script reads only its own kind); an entry that has them then fails the layout checks."""
     try:
-        return _parse(bytes(data))
+        return _parse(bytes(data), lqer, reorder)
     except KeyError as e:
         raise InputError(f"{where}: not a valid pgolf artifact: missing field {e}") from None
     except (CodecError, ValueError, TypeError, IndexError, RuntimeError, struct.error) as e:
@@ -237,7 +239,7 @@ def _size(x: object, cap: int, what: str) -> int:
     return x
 
 
-def _specs(e: dict) -> dict[str, tuple[torch.dtype, list[int], int]]:
+def _specs(e: dict, lqer: bool = True, reorder: bool = True) -> dict[str, tuple[torch.dtype, list[int], int]]:
     """role -> (dtype, shape, packing bits) of one tensor entry; validates the entry."""
     shape = e["shape"]
     if not isinstance(e["name"], str) or not isinstance(shape, list) or \
@@ -257,9 +259,12 @@ def _specs(e: dict) -> dict[str, tuple[torch.dtype, list[int], int]]:
     if type(bits) is not int or not 2 <= bits <= 8 or len(shape) != 2:
         raise ValueError(f"int tensor '{e['name']}': bits 2..8 and a 2-D shape needed, got {bits!r}, {shape}")
     rows, cols = shape
-    out = {"q": (torch.int8, [cols, rows] if e.get("cols") else shape, bits), "s": (torch.float16, [rows], 0)}
-    if e.get("rows"):
+    out = {"q": (torch.int8, [cols, rows] if reorder and e.get("cols") else shape, bits),
+           "s": (torch.float16, [rows], 0)}
+    if reorder and e.get("rows"):
         out["p"] = (torch.int32, [rows], 0)
+    if not lqer:
+        return out
     if "lqer_asym" in e and "lqer" in e:
         raise ValueError(f"'{e['name']}': two LQER specs")
     if "lqer_asym" in e:
@@ -278,9 +283,9 @@ def _specs(e: dict) -> dict[str, tuple[torch.dtype, list[int], int]]:
     return out
 
 
-def _all_arrays(entries: list[dict]) -> list[list]:
+def _all_arrays(entries: list[dict], lqer: bool = True, reorder: bool = True) -> list[list]:
     """[index, role] of every array in entry order: a lone section without an 'arrays' list holds these."""
-    return [[i, r] for i, e in enumerate(entries) for r in _specs(e)]
+    return [[i, r] for i, e in enumerate(entries) for r in _specs(e, lqer, reorder)]
 
 
 def _decode(b: bytes, dtype: torch.dtype, shape: list[int], bits: int) -> Tensor:
@@ -297,13 +302,13 @@ def _int(a: dict, q: str, s: str, bits: int, asym: bool = False) -> QuantizedTen
     return QuantizedTensor(a[q], a[s], bits, asym=asym)
 
 
-def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]:
+def _build(e: dict, a: dict[str, Tensor], lqer: bool, reorder: bool) -> Union[QuantizedTensor, Passthrough]:
     restore = DTYPES[e["dtype"]]
     if e["kind"] != "int":
         return Passthrough(a["d"], restore)
-    if e.get("cols"):
+    if reorder and e.get("cols"):
         a["q"] = a["q"].T.contiguous()
-    if e.get("rows"):
+    if reorder and e.get("rows"):
         perm = a["p"].long()
         if not torch.equal(torch.sort(perm).values, torch.arange(len(perm))):
             raise ValueError(f"'{e['name']}': the stored row order is not a permutation")
@@ -312,6 +317,8 @@ def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]
         a["q"] = q
     qt = _int(a, "q", "s", e["bits"])
     qt.dtype = restore
+    if not lqer:
+        return qt
     if "lqer" in e:
         qt.lowrank = (_int(a, "aq", "as", e["lqer"][1]), _int(a, "bq", "bs", e["lqer"][1]))
     if "lqer_asym" in e:
@@ -319,7 +326,7 @@ def _build(e: dict, a: dict[str, Tensor]) -> Union[QuantizedTensor, Passthrough]
     return qt
 
 
-def _parse(data: bytes) -> Artifact:
+def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
     if data[:7] != MAGIC:
         raise ValueError(f"bad magic (expected {MAGIC!r} at the start of the file)")
     _, hcodec, hsize, hraw = _PREFIX.unpack_from(data)
@@ -329,7 +336,7 @@ def _parse(data: bytes) -> Artifact:
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise ValueError(f"not a {FORMAT} version {VERSION} header")
     entries = header["tensors"]
-    specs = [_specs(e) for e in entries]
+    specs = [_specs(e, lqer, reorder) for e in entries]
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
@@ -347,7 +354,7 @@ def _parse(data: bytes) -> Artifact:
     for k, (sec, raw) in enumerate(zip(header["sections"], raws)):
         raw_len = len(raw)
         off = 0
-        layout = sec["arrays"] if "arrays" in sec or len(header["sections"]) != 1 else _all_arrays(entries)
+        layout = sec["arrays"] if "arrays" in sec or len(header["sections"]) != 1 else _all_arrays(entries, lqer, reorder)
         for i, role in layout:
             dtype, shape, bits = specs[i][role]
             if role in got[i]:
@@ -369,7 +376,7 @@ def _parse(data: bytes) -> Artifact:
     for i, e in enumerate(entries):
         if set(got[i]) != set(specs[i]):
             raise ValueError(f"'{names[i]}' is missing arrays {sorted(set(specs[i]) - set(got[i]))}")
-    tensors = {e["name"]: _build(e, got[i]) for i, e in enumerate(entries)}
+    tensors = {e["name"]: _build(e, got[i], lqer, reorder) for i, e in enumerate(entries)}
     if not isinstance(header["config"], dict) or not isinstance(header["meta"], dict):
         raise ValueError("config and meta must be JSON objects")
     sections = [{k: s[k] for k in ("codec", "shuffle", "raw", "size")} for s in header["sections"]]

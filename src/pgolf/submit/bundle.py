@@ -44,7 +44,7 @@ COMPRESSIONS = ("none", "lzma", "brotli", "auto")
 CONFIG_CLASSES = {cls.__name__: cls for cls in (Config, QuantGroup, *SECTIONS.values())}
 # module constants the counted script is built with: no tqdm progress bars (its output is a log), no
 # toolkit diagnostics
-BUNDLE_CONSTANTS = {("pgolf.logs", "BARS"): False, ("pgolf.logs", "DETAIL"): False}
+BUNDLE_CONSTANTS = {("pgolf.logs", "BARS"): False, ("pgolf.logs", "DETAIL"): False, (ENTRY, "BUNDLED"): True}
 
 
 def kept_methods(cfg: Config) -> set[str]:

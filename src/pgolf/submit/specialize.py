@@ -572,9 +572,17 @@ class Specializer:
         for n in ast.walk(self.tree):
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in funcs:
                 calls[n.func.id].append(n)
-        in_annotations = {id(x) for a in _annotations(self.tree) for x in ast.walk(a)}
+        skip = {id(x) for a in _annotations(self.tree) for x in ast.walk(a)}
+        for n in self.tree.body:  # super().__init__(...) in a subclass is a call of its base's __init__
+            if isinstance(n, ast.ClassDef) and len(n.bases) == 1 and isinstance(n.bases[0], ast.Name) \
+                    and n.bases[0].id in inits:
+                skip.add(id(n.bases[0]))
+                for c in ast.walk(n):
+                    if _is_super_init(c):
+                        calls[n.bases[0].id].append(c)
+                        other_uses[n.bases[0].id] += 1
         for n in ast.walk(self.tree):
-            if isinstance(n, ast.Name) and n.id in funcs and isinstance(n.ctx, ast.Load) and id(n) not in in_annotations:
+            if isinstance(n, ast.Name) and n.id in funcs and isinstance(n.ctx, ast.Load) and id(n) not in skip:
                 other_uses[n.id] += 1
         for name, fn in funcs.items():
             sites = calls.get(name, [])
@@ -663,6 +671,13 @@ class Specializer:
                     and n.attr in sections[n.value.attr]):
                 out.append(f"untyped read: {ast.unparse(n)}")
         return out
+
+
+def _is_super_init(c: ast.AST) -> bool:
+    """`super().__init__(...)`"""
+    return (isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "__init__"
+            and isinstance(c.func.value, ast.Call) and isinstance(c.func.value.func, ast.Name)
+            and c.func.value.func.id == "super" and not c.func.value.args)
 
 
 def _annassign_to_assign(tree: ast.Module) -> None:

@@ -306,7 +306,8 @@ class Trainer:
                     loss_value = float(runtime.all_reduce_mean(loss.detach().clone()).item())
                     if not math.isfinite(loss_value):
                         raise WorkError(f"training diverged: train loss {loss_value} at step {s.step:,}")
-                    s.last_loss, s.last_loss_step = loss_value, s.step
+                    if BARS:
+                        s.last_loss, s.last_loss_step = loss_value, s.step
                 if pbar is not None:
                     if s.last_loss is not None:
                         pbar.set_postfix_str(f"loss {s.last_loss:.4f} @ step {s.last_loss_step:,}", refresh=False)
