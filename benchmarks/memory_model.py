@@ -5,7 +5,7 @@
 Per GPU, for one forward/backward of `train.micro_batch_tokens` tokens under bf16 autocast (the
 records' 48 x 2048 for pr1413 and pr1855, 64 x 1024 for the baseline):
   weights      fp32 masters, 4 B/param            grads      4 B/param
-  optimizer    Adam 8 B/param (two moments), Muon 4 B/param (momentum)
+  optimizer    Adam 8 B/param (two moments), Muon 4 B/param (momentum; 2 with optim.muon_momentum_dtype bf16)
   averaging    EMA or SWA: one fp32 copy, 4 B/param
   activations  what backward keeps per token and visited layer (bf16 = 2 B, fp32 = 4 B):
                attention: normed input 2d, q/k/v 2(d + 2 kv), attention output 2d, fp32 residual 4d,
@@ -53,7 +53,8 @@ def estimate(cfg: Config, tokens: int | None = None) -> dict:
     parts = {
         "weights": 4 * params,
         "grads": 4 * params,
-        "optimizer": 8 * (n["embed"] + n["head"] + n["scalar"]) + 4 * n["matrix"],
+        "optimizer": 8 * (n["embed"] + n["head"] + n["scalar"])
+        + (2 if cfg.optim.muon_momentum_dtype == "bf16" else 4) * n["matrix"],
         "averaging": averaging,
         "activations": tokens * sum(per_layer),
         "logits": tokens * 10 * V,

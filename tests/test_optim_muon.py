@@ -225,3 +225,68 @@ def test_cuda_bf16_newtonschulz_and_step():
     ref = orthogonalized_update(g.T.cpu(), dtype=torch.float32)
     cos = (p.detach().cpu() * -ref).sum() / (p.detach().cpu().norm() * ref.norm())
     assert cos > 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# PR #1855's Muon: bf16 momentum, no Polar Express margin (reference written from the record's math)
+
+def _record_ns(G: torch.Tensor, coeffs, eps: float = 1e-7) -> torch.Tensor:
+    X = G.bfloat16()
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for a, b, c in coeffs:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.mT if tall else X
+
+
+def test_ns_without_margin_is_the_records_polar_express():
+    g = torch.randn(48, 96, generator=torch.Generator().manual_seed(3))
+    for G in (g, g.T):
+        ours = zeropower_via_newtonschulz(G, 5, list(POLAR_EXPRESS), torch.bfloat16, safety=0.0)
+        assert torch.equal(ours, _record_ns(G, POLAR_EXPRESS).to(G.dtype))
+        with_margin = orthogonalized_update(G, 5, "polar_express", dtype=torch.bfloat16)  # the kind's own 2%
+        assert not torch.allclose(with_margin, ours, atol=1e-3)
+
+
+def test_bf16_momentum_steps_as_the_record():
+    torch.manual_seed(0)
+    shapes = [(64, 64), (96, 32)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [p.detach().clone() for p in ours]
+    opt = Muon(ours, lr=0.02, momentum=0.97, ns_coeffs="polar_express", eq_r=True, weight_decay=0.095,
+               ns_dtype=torch.bfloat16, ns_safety=0.0, momentum_dtype=torch.bfloat16)
+    bufs = [None, None]
+    for step in range(3):
+        grads = [torch.randn(s, generator=torch.Generator().manual_seed(10 * step + i)) for i, s in enumerate(shapes)]
+        for p, g in zip(ours, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, (w, g) in enumerate(zip(ref, grads)):  # the record: g = grad.bfloat16(), buffer in bf16
+            g = g.bfloat16()
+            bufs[i] = torch.zeros_like(g) if bufs[i] is None else bufs[i]
+            bufs[i].mul_(0.97).add_(g)
+            u = g.add(bufs[i], alpha=0.97)
+            u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+            upd = _record_ns(u, POLAR_EXPRESS)
+            w.mul_(1 - 0.02 * 0.095)
+            w.add_(upd.float(), alpha=-0.02 * max(1, w.shape[0] / w.shape[1]) ** 0.5)
+    for p, w, b in zip(ours, ref, bufs):
+        state = opt.state[p]["momentum_buffer"]
+        assert state.dtype == torch.bfloat16 and torch.equal(state, b)
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=2e-4)  # the tall scale rounds in bf16 here
+    fp32 = Muon([torch.nn.Parameter(torch.randn(8, 8))])
+    fp32.param_groups[0]["params"][0].grad = torch.randn(8, 8)
+    fp32.step()
+    assert next(iter(fp32.state.values()))["momentum_buffer"].dtype == torch.float32
+
+
+def test_pr1855_muon_settings():
+    from pgolf.config import load_config
+    o = load_config("pr1855").optim
+    assert (o.muon_ns_safety, o.muon_momentum_dtype) == (0.0, "bf16")
+    assert load_config("pr1413").optim.muon_ns_safety == -1.0
+    with pytest.raises(ConfigError, match=r"optim\.muon_ns_safety"):
+        load_config("tiny", ["optim.muon_ns_safety=-0.5"])

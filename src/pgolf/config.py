@@ -194,6 +194,10 @@ class OptimConfig:
     muon_ns_steps: int = knob(5, "Newton-Schulz iterations")
     muon_ns_coeffs: NsCoeffs = knob("fixed", "fixed quintic (3.4445, -4.7750, 2.0315) or Polar Express tuples")
     muon_eq_r: bool = knob(False, "MuonEq-R: unit-norm rows of the update before Newton-Schulz")
+    muon_ns_safety: float = knob(-1.0, "Newton-Schulz input X / ((1 + m) ||X||_F): m; -1 = the coefficient "
+                                 "set's own (0.02 for polar_express as in modded-nanogpt, 0 for fixed)")
+    muon_momentum_dtype: DType2 = knob("fp32", "Muon momentum and Nesterov update dtype on CUDA (PR #1855 casts "
+                                       "each gradient to bf16 first); CPU keeps fp32")
     muon_wd: float = knob(0.0, "Muon decoupled weight decay: p *= 1 - lr * wd")
     embed_lr: float = knob(0.05, "Adam learning rate of the (tied) embedding")
     head_lr: float = knob(0.008, "Adam learning rate of an untied lm_head")
@@ -219,6 +223,8 @@ class OptimConfig:
         need(self.muon_ns_steps >= 1, f"{where}.muon_ns_steps", f"must be >= 1, got {self.muon_ns_steps}")
         if self.muon_ns_coeffs == "polar_express":
             need(self.muon_ns_steps <= 5, f"{where}.muon_ns_steps", f"polar_express has 5 tuples, got {self.muon_ns_steps}")
+        need(self.muon_ns_safety >= 0 or self.muon_ns_safety == -1, f"{where}.muon_ns_safety",
+             f"must be >= 0 (or -1 for the coefficient set's own), got {self.muon_ns_safety}")
         need(self.adam_eps > 0, f"{where}.adam_eps", "must be > 0")
         need(0 <= self.ema_decay < 1, f"{where}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         need(self.swa_every >= 0, f"{where}.swa_every", f"must be >= 0, got {self.swa_every}")

@@ -99,11 +99,13 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
         optimizers.append(torch.optim.AdamW(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                             fused=fused))
     if kinds["matrix"]:
+        on_cuda = all(p.is_cuda for _, p in kinds["matrix"])  # bf16 momentum: the records' GPU path only
         optimizers.append(Muon(
             [dict(params=[p for _, p in kinds["matrix"]], names=[n for n, _ in kinds["matrix"]], name="matrix",
                   base_lr=cfg.matrix_lr)],
             lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps,
-            ns_coeffs=cfg.muon_ns_coeffs, eq_r=cfg.muon_eq_r, weight_decay=cfg.muon_wd))
+            ns_coeffs=cfg.muon_ns_coeffs, eq_r=cfg.muon_eq_r, weight_decay=cfg.muon_wd, ns_safety=cfg.muon_ns_safety,
+            momentum_dtype=torch.bfloat16 if cfg.muon_momentum_dtype == "bf16" and on_cuda else None))
 
     seen = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]

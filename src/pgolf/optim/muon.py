@@ -110,13 +110,15 @@ def orthogonalized_update(
     coeffs_kind: str = "fixed",
     eq_r: bool = False,
     dtype: torch.dtype | None = None,
+    safety: float = -1.0,
 ) -> torch.Tensor:
-    """The Muon direction for a momentum update `u` (any ndim >= 2; trailing dims are flattened)."""
+    """The Muon direction for a momentum update `u` (any ndim >= 2; trailing dims are flattened).
+    safety < 0: the coefficient set's own margin (ns_safety)."""
     u2 = u.reshape(u.size(0), -1)
     if eq_r:
         u2 = row_normalize(u2)
     o = zeropower_via_newtonschulz(u2, steps, ns_coefficients(coeffs_kind, steps), dtype,
-                                   safety=ns_safety(coeffs_kind))
+                                   safety=ns_safety(coeffs_kind) if safety < 0 else safety)
     # Orthogonal rows/cols have RMS 1/sqrt(max dim); this rescale keeps tall matrices' steps comparable.
     o = o * math.sqrt(max(1.0, u2.size(0) / u2.size(1)))
     return o.reshape(u.shape)
@@ -124,7 +126,9 @@ def orthogonalized_update(
 
 class Muon(torch.optim.Optimizer):
     """Muon for matrices (ndim >= 2). Group keys the trainer may rewrite each step: lr, momentum,
-    weight_decay. `ns_dtype` None means bf16 on CUDA, fp32 elsewhere."""
+    weight_decay. `ns_dtype` None means bf16 on CUDA, fp32 elsewhere. `momentum_dtype` (e.g. bf16, as
+    PR #1855's Muon) is the dtype the gradient is cast to before the momentum and Nesterov terms;
+    None keeps the gradient's own."""
 
     def __init__(
         self,
@@ -137,6 +141,8 @@ class Muon(torch.optim.Optimizer):
         eq_r: bool = False,
         weight_decay: float = 0.0,
         ns_dtype: torch.dtype | None = None,
+        ns_safety: float = -1.0,
+        momentum_dtype: torch.dtype | None = None,
     ):
         if lr < 0:
             raise ValueError(f"Muon: lr must be >= 0, got {lr}")
@@ -144,9 +150,9 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
         ns_coefficients(ns_coeffs, ns_steps)  # validate early, with a field-naming error
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-                        eq_r=eq_r, weight_decay=weight_decay)
+                        eq_r=eq_r, weight_decay=weight_decay, ns_safety=ns_safety)
         super().__init__(params, defaults)
-        self.ns_dtype = ns_dtype
+        self.ns_dtype, self.momentum_dtype = ns_dtype, momentum_dtype
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim < 2:
@@ -172,14 +178,16 @@ class Muon(torch.optim.Optimizer):
             n = p.numel()
             if p.grad is not None:
                 state = self.state[p]
+                g = p.grad if self.momentum_dtype is None else p.grad.to(self.momentum_dtype)
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                    state["momentum_buffer"] = torch.zeros_like(g)
                 buf = state["momentum_buffer"]
                 mu = group["momentum"]
-                buf.mul_(mu).add_(p.grad)
-                u = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
+                buf.mul_(mu).add_(g)
+                u = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 if i % world == rank:
-                    o = orthogonalized_update(u, group["ns_steps"], group["ns_coeffs"], group["eq_r"], dtype)
+                    o = orthogonalized_update(u, group["ns_steps"], group["ns_coeffs"], group["eq_r"], dtype,
+                                              group["ns_safety"])
                     flat[offset:offset + n] = o.reshape(-1)
             offset += n
 
