@@ -186,3 +186,22 @@ def test_loader_validation(shards, tmp_path):
         make_loader("random", shards, 16, 32)
     with pytest.raises(InputError, match="not found"):
         SequentialLoader([tmp_path / "missing.bin"], 16, 32)
+
+
+def test_prefetch_hands_a_failed_step_to_the_consumer(shards):
+    ld = SequentialLoader(shards, 10, 20, prefetch=2)
+    real, calls = ld._step, []
+
+    def flaky(state):
+        calls.append(state["pos"])
+        if len(calls) == 3:
+            raise InputError("shard vanished")
+        return real(state)
+
+    ld._step = flaky
+    ld.next_batch()
+    ld.next_batch()
+    with pytest.raises(InputError, match="vanished"):
+        ld.next_batch()
+    ld.close()
+    assert ld._pool is None and not ld._ahead

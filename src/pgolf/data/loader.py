@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import bisect
 import os
-import queue
-import threading
 from abc import ABC, abstractmethod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -59,9 +59,9 @@ class _Loader(ABC):
         self.shards = [read_shard(p, vocab_size) for p in self.paths]
         self.prefetch = prefetch
         self._state: dict[str, Any] = {}
-        self._queue: queue.Queue | None = None
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None  # prefetch: steps submitted ahead, in order
+        self._ahead: deque[Future] = deque()
+        self._tail: dict[str, Any] = {}  # the state after the last submitted step
 
     @abstractmethod
     def _step(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -76,14 +76,16 @@ class _Loader(ABC):
         if self.prefetch == 0:
             x, y, self._state = self._step(self._state)
         else:
-            if self._thread is None:
-                self._start()
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self.close()
-                raise item
-            x, y, self._state = item
+            if self._pool is None:  # one worker runs the steps in order, each from the previous one's state
+                self._pool, self._tail = ThreadPoolExecutor(1, thread_name_prefix=f"pgolf-{self.kind}-loader"), self._state
+            while len(self._ahead) <= self.prefetch:
+                self._ahead.append(self._pool.submit(self._read_ahead))
+            x, y, self._state = self._ahead.popleft().result()  # a failed step raises here
         return torch.from_numpy(x), torch.from_numpy(y)
+
+    def _read_ahead(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        x, y, self._tail = self._step(self._tail)
+        return x, y, self._tail
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self._state)
@@ -94,39 +96,17 @@ class _Loader(ABC):
         self._state = dict(state)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        self._thread = self._queue = self._stop = None
+        for f in self._ahead:
+            f.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool, self._ahead = None, deque()
 
     def __del__(self):
         try:
             self.close()
         except Exception:
             pass
-
-    def _start(self) -> None:
-        self._queue = queue.Queue(maxsize=self.prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(dict(self._state), self._queue, self._stop),
-                                        name=f"pgolf-{self.kind}-loader", daemon=True)
-        self._thread.start()
-
-    def _produce(self, state: dict[str, Any], q: queue.Queue, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                x, y, state = self._step(state)
-                item: Any = (x, y, state)
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                item = e
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
 
     def _xy(self, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B, L+1] int64 rows -> contiguous (x, y)."""
