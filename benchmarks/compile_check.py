@@ -70,8 +70,8 @@ def check(cfg: Config, backend: str, device: torch.device) -> dict:
     doc = cfg.eval.doc_isolated or cfg.eval.method in ("docs", "ttt-lora", "phased")
     g = torch.Generator(device="cpu").manual_seed(0)
 
-    def batch(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.randint(2, cfg.model.vocab_size, (2, length + 1), generator=g)
+    def batch(length: int, rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(2, cfg.model.vocab_size, (rows, length + 1), generator=g)
         t[:, :: max(length // 3, 1)] = cfg.model.bos_id
         return t[:, :-1].to(device), t[:, 1:].to(device)
 
@@ -112,6 +112,8 @@ def check(cfg: Config, backend: str, device: torch.device) -> dict:
         model.train()
         if phase == "ttt":
             return ttt_loss, "ttt", batch(eval_len), True
+        if cfg.data.loader == "packed":  # the loader's shape: one row, documents cut at the segment cap
+            return train_loss, "train", batch(cfg.train.micro_batch_tokens, rows=1), True
         return train_loss, "train", batch(train_len), True
 
     def reset_model() -> None:
