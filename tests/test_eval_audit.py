@@ -64,8 +64,10 @@ def test_lora_ttt_with_the_stored_scripts_settings_passes(model):
     assert report["passed"], {k: c["details"] for k, c in report["checks"].items() if not c["passed"]}
 
 
-def test_phased_longest_first_with_document_phases_passes(model):
-    cfg = cfg_for("eval.phased_order=longest", "eval.phased_docs=[2, 5]")
+@pytest.mark.parametrize("sgd", ["pgolf", "record"])
+def test_phased_longest_first_with_document_phases_passes(model, sgd):
+    cfg = cfg_for("eval.phased_order=longest", "eval.phased_docs=[2, 5]", f"eval.phased_sgd={sgd}",
+                  "eval.ttt_chunk_tokens=256")
     report = run_audit(model, "phased", cfg)
     assert report["passed"], {k: c["details"] for k, c in report["checks"].items() if not c["passed"]}
     assert report["order"] == "queue" and report["checks"]["causality"]["checked"] >= 4

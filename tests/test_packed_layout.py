@@ -208,3 +208,61 @@ def test_packed_needs_doc_isolation_and_a_segment_cap() -> None:
     cfg = load_config("pr1855")
     assert (cfg.data.loader, cfg.model.doc_segment_len, cfg.train.doc_isolated) == ("packed", 2048, True)
     assert load_config("pr1855", smoke=True).model.doc_segment_len == 128
+
+
+# ---------------------------------------------------------------------------------------------
+# PR #1855's global SGD between phases (eval.phased_sgd = "record")
+
+
+def test_record_global_sgd_follows_the_records_loop(monkeypatch):
+    from pgolf.config import EvalConfig
+    from pgolf.eval.phased import record_global_sgd
+    torch.manual_seed(0)
+    model = GPT(tiny(doc_segment_len=16))
+    stream = rows(1, 400, p_bos=0.05, seed=4)[0]
+    stream[0] = BOS
+    starts = [i for i in range(400) if stream[i] == BOS] + [399]
+    docs = [(a, b) for a, b in zip(starts, starts[1:]) if b > a][::-1][:5]  # queue order: not stream order
+    e = EvalConfig(ttt_chunk_tokens=64, ttt_batch_seqs=3, ttt_lr=0.1, ttt_momentum=0.9, ttt_epochs=1)
+    seen, lrs, made = [], [], []
+    real_forward, real_sgd = GPT.forward, torch.optim.SGD
+
+    def spy_forward(self, idx, targets=None, **kw):
+        seen.append((idx.clone(), targets.clone(), kw))
+        return real_forward(self, idx, targets, **kw)
+
+    class SpySGD(real_sgd):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(GPT, "forward", spy_forward)
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record_global_sgd(model, stream, docs, e, seq_len=16)
+    # the reference: the documents' tokens (BOS .. next BOS) joined in the given order, 64-target chunks
+    joined = torch.cat([stream[a:b + 1] for a, b in docs])
+    n_chunks = -(-(len(joined) - 1) // 64)
+    expect, expect_lr = [], []
+    for ci in range(n_chunks - 1):  # the last chunk is left out
+        n_seq = (min(64 * (ci + 1), len(joined) - 1) - 64 * ci) // 16
+        for s in range(0, n_seq, 3):
+            e_ = min(s + 3, n_seq)
+            expect.append(joined[64 * ci + 16 * s: 64 * ci + 16 * e_ + 1])
+            expect_lr.append(0.1 * 0.5 * (1 + np.cos(np.pi * ci / max(n_chunks - 1, 1))))
+    assert len(made) == 1 and len(seen) == len(expect) == len(lrs) > 3
+    for (x, y, kw), row in zip(seen, expect):
+        assert x.shape[0] == 1 and kw == {"doc_isolated": True}
+        assert torch.equal(x[0], row[:-1]) and torch.equal(y[0], row[1:])
+    np.testing.assert_allclose(lrs, expect_lr, rtol=1e-12)
+    assert not model.training
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pr1855_uses_the_records_global_sgd():
+    assert load_config("pr1855").eval.phased_sgd == "record"
+    assert load_config("tiny").eval.phased_sgd == "pgolf"

@@ -33,6 +33,7 @@ BigramInit = Literal["record", "normal"]
 DocAttention = Literal["dense", "flex"]
 LqerForm = Literal["pgolf", "record", "asym"]
 PhasedOrder = Literal["stream", "longest"]
+PhasedSgd = Literal["pgolf", "record"]
 LoraInit = Literal["pgolf", "record"]
 DType2 = Literal["fp32", "bf16"]
 Loader = Literal["sequential", "packed", "shuffled"]
@@ -389,6 +390,11 @@ class EvalConfig:
                                         "instead (PR #1855: 833, 1666, 2500)")
     phased_order: PhasedOrder = knob("stream", "phased TTT: documents scored in stream order or longest first "
                                      "(PR #1855)")
+    phased_sgd: PhasedSgd = knob("pgolf", "phased TTT's global SGD: pgolf (one SGD over the phases, a cosine LR "
+                                 "across phases, sequences inside each scored document) or record (PR #1855: a "
+                                 "fresh SGD per phase over the scored documents joined in queue order, a cosine "
+                                 "LR over ttt_chunk_tokens chunks, the last chunk untrained, each batch one "
+                                 "packed doc-isolated row)")
     audit: bool = knob(True, "`pgolf run` audits its own evaluation (pgolf.eval.audit)")
     audit_budget: float = knob(0.1, "audit perturbation runs: this fraction of the evaluated tokens (min one sub-stream)")
 

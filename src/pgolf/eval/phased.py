@@ -5,7 +5,8 @@ queue is cut at `phased_docs` document counts when given (PR #1855: 833, 1666, 2
 `phased_points`: a phase ends with the document in which that fraction of the targets falls. Each
 phase scores its documents with per-document LoRA TTT; then, unless it is the last phase, every
 document scored so far trains the shared model with SGD, so a document depends only on itself and
-the documents before it in the queue.
+the documents before it in the queue. `eval.phased_sgd = "record"` runs that SGD as PR #1855 does
+(record_global_sgd).
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import bisect
 import copy
 import itertools
 
-from pgolf.config import Config
+import torch
+
+from pgolf import runtime
+from pgolf.config import Config, EvalConfig
 from pgolf.eval.context import EvalContext, Method
 from pgolf.eval.plans import doc_spans
 from pgolf.eval.ttt_lora import check_lora, lora_score_docs
-from pgolf.eval.ttt_sgd import check_freeze, cosine_lr, make_sgd, train_range
+from pgolf.eval.ttt_sgd import check_freeze, cosine_lr, make_sgd, train_range, trainable_params
 
 
 def phase_bounds(spans: list[tuple[int, int]], points: tuple[float, ...],
@@ -47,11 +51,55 @@ def run_phased(ctx: EvalContext) -> dict:
                         ctx.cfg.train.seed, ctx.desc(f"eval phase {i + 1}/{len(phases)}"))
         if i == len(phases) - 1:
             break
+        if e.phased_sgd == "record":
+            record_global_sgd(m, ctx.stream, queued[:b], e, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype)
+            continue
         # every document scored so far; in stream order they are the stream's prefix [0, end of doc b-1)
         scored = [(0, queued[b - 1][1])] if e.phased_order == "stream" else sorted(queued[:b])
         train_range(m, opt, ctx.stream, scored, ctx.window, e, cosine_lr(e.ttt_lr, i, len(phases)),
                     ctx.rank, ctx.world, ctx.autocast_dtype, doc_isolated=True)
     return {"docs": len(spans), "phases": len(phases)}
+
+
+def record_global_sgd(model: torch.nn.Module, stream: torch.Tensor, docs: list[tuple[int, int]], e: EvalConfig,
+                      seq_len: int, rank: int = 0, world: int = 1, autocast_dtype: torch.dtype | None = None) -> None:
+    """PR #1855's global SGD on the scored documents (target ranges, queue order). Each document's
+    tokens run from its BOS through the next document's BOS (its last target), joined in queue order;
+    the join is cut into chunks of ttt_chunk_tokens targets, trained in order with a cosine LR over
+    the chunks except the last; a chunk's whole sequences of seq_len are split contiguously over the
+    ranks, and each batch of ttt_batch_seqs of them is one row scored doc-isolated (segments as the
+    model's doc_segment_len). The mean loss's gradients are averaged over the ranks."""
+    tokens = torch.cat([stream[lo:hi + 1] for lo, hi in docs])
+    total, chunk, bs = tokens.numel() - 1, e.ttt_chunk_tokens, e.ttt_batch_seqs
+    n_chunks = -(-total // chunk)
+    params = trainable_params(model, e.ttt_freeze_blocks)
+    opt = torch.optim.SGD(params, lr=e.ttt_lr, momentum=e.ttt_momentum)  # fresh each phase, as the record
+    model.train()
+    for ci in range(n_chunks - 1):
+        lo = ci * chunk
+        seqs = (min(lo + chunk, total) - lo) // seq_len
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(e.ttt_lr, ci, n_chunks)
+        a, b = seqs * rank // world, seqs * (rank + 1) // world
+        steps = max(-(-(seqs * (r + 1) // world - seqs * r // world) // bs) for r in range(world))
+        for _ in range(e.ttt_epochs):
+            for k in range(steps):  # the same number of steps on every rank (a short rank adds zeros)
+                s0, s1 = a + k * bs, min(a + (k + 1) * bs, b)
+                opt.zero_grad(set_to_none=True)
+                if s1 > s0:
+                    row = tokens[lo + s0 * seq_len: lo + s1 * seq_len + 1][None]
+                    with runtime.autocast(row.device, autocast_dtype):
+                        loss = model(row[:, :-1], row[:, 1:], doc_isolated=True)
+                    loss.backward()
+                if world > 1:
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                        runtime.all_reduce_mean(p.grad)
+                if e.ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, e.ttt_grad_clip)
+                opt.step()
+    model.eval()
 
 
 def check_phased(cfg: Config) -> None:
