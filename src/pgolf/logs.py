@@ -22,7 +22,7 @@ log.setLevel(logging.INFO)
 log.propagate = False
 
 BARS = True  # tqdm progress bars exist; the counted train_gpt.py is bundled with False (no tqdm there)
-DETAIL = True  # diagnostics beyond the score's story (the optimizer group table); bundled with False
+DETAIL = True  # diagnostics beyond the score (optimizer groups, the pack report's tables); bundled with False
 _state = {"progress": True, "rank": 0}
 
 

@@ -116,8 +116,9 @@ def prepare_run_dir(rd: RunDir, proc: runtime.Process, resume: bool, move_aside:
     runtime.barrier()
 
 
-def final_lines(s: dict) -> list[str]:
-    """The closing report of a run (also what `pgolf run` prints)."""
+def final_lines(s: dict, audited: bool = True) -> list[str]:
+    """The closing report of a run (also what `pgolf run` prints); audited False: a run without an
+    audit line (the record script)."""
     lines = [f"run {s.get('run_dir')} (recipe {s['recipe']}, seed {s['seed']}): {plural(s['steps'], 'step')} in "
              f"{fmt_seconds(s.get('train_seconds'))} ({s.get('stop_reason')}), {s['params']:,} params"]
     pre = s.get("val_bpb_prequant")
@@ -127,7 +128,7 @@ def final_lines(s: dict) -> list[str]:
     lines.append(f"artifact {s['artifact_bytes']:,} bytes = model {s['model_bytes']:,} + code {s['code_bytes']:,} "
                  f"(limit 16,000,000)")
     lines.append(f"scored in {fmt_seconds(s.get('eval_seconds'))} on {s.get('eval_subset')}")
-    if s.get("audit_passed") is not None:
+    if audited and s.get("audit_passed") is not None:
         lines.append(f"legality audit: {'passed' if s['audit_passed'] else 'FAILED'} (RUN/audit.json)")
     return lines
 

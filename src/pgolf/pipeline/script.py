@@ -63,7 +63,7 @@ def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes
                      eval_tokens=r["tokens"], eval_bytes=r["bytes"], eval_subset=subset, eval_full_split=full,
                      run_dir=str(out), code_bytes=code_bytes, eval_source="artifact")
             if proc.is_main:
-                for line in final_lines(s):
+                for line in final_lines(s, audited=False):
                     log.info(line)
                 atomic_write_json(out / "summary.json", s)
             return s

@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 from torch import Tensor
 
 from pgolf.config import ARTIFACT_LIMIT, QuantConfig
+from pgolf.logs import DETAIL
 from pgolf.quant.codecs import compress
 from pgolf.quant.container import PLAIN_CODECS, framing_bytes, raw_arrays, serialize_artifact
 from pgolf.quant.pergroup import pergroup_storage
@@ -57,16 +58,20 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], cfg: QuantConfig,
                 q, s = quantize(t, plan.bits, plan.clip, plan.clip_value, plan.min_scale, clip_mult)
             qt = QuantizedTensor(q.cpu(), s.cpu(), plan.bits, t.dtype)
             out[name] = qt
-            err = float((t.detach().float().cpu() - qt.dequantize().float()).norm())
-            rel = err / max(float(t.detach().float().norm()), 1e-30)
-            tensors.append({"name": name, "kind": "int", "group": plan.group, "bits": plan.bits,
-                            "shape": list(t.shape), "gptq": used_gptq, "rel_err": rel})
             bits = plan.bits
+            if DETAIL:  # the report's per-tensor table (not in the counted script)
+                err = float((t.detach().float().cpu() - qt.dequantize().float()).norm())
+                rel = err / max(float(t.detach().float().norm()), 1e-30)
+                tensors.append({"name": name, "kind": "int", "group": plan.group, "bits": plan.bits,
+                                "shape": list(t.shape), "gptq": used_gptq, "rel_err": rel})
         else:
             out[name] = store_float(t, plan.kind)
             bits = out[name].data.element_size() * 8
-            tensors.append({"name": name, "kind": plan.kind, "group": plan.group, "bits": bits,
-                            "shape": list(t.shape)})
+            if DETAIL:
+                tensors.append({"name": name, "kind": plan.kind, "group": plan.group, "bits": bits,
+                                "shape": list(t.shape)})
+        if not DETAIL:
+            continue
         g = groups.setdefault(plan.group, {"group": plan.group, "bits": bits, "params": 0, "names": []})
         g["params"] += t.numel()
         g["names"].append(name)
@@ -148,6 +153,8 @@ def pack_state(state_dict: Mapping[str, Tensor], model_config: dict, cfg: QuantC
         blob, sections = serialize(quantized, model_config, meta, cfg, codec)
 
     report = budget_totals(len(blob), code_bytes)
+    if not DETAIL:  # the counted script reads the totals only
+        return Packed(blob, report, quantized)
     groups = qrep["groups"]
     if details:
         groups = group_byte_table(quantized, groups, None if codec == "pergroup" else codec, cfg.byte_shuffle)

@@ -434,6 +434,18 @@ class Specializer:
             if isinstance(n, ast.FunctionDef) and len(n.body) == 1 and isinstance(n.body[0], ast.Return) and (
                     n.body[0].value is None or is_const(n.body[0].value)) and not n.decorator_list:
                 consts[n.name] = n.body[0].value or ast.Constant(None)
+        # a method `def m(self): return <constant>` defined by one class only: `self.m()` in that class
+        defs = Counter(m.name for c in self.tree.body if isinstance(c, ast.ClassDef) for m in c.body
+                       if isinstance(m, ast.FunctionDef))
+        for c in self.tree.body:
+            if not isinstance(c, ast.ClassDef):
+                continue
+            own = {m.name: m.body[0].value or ast.Constant(None) for m in c.body
+                   if isinstance(m, ast.FunctionDef) and defs[m.name] == 1 and not m.decorator_list
+                   and [a.arg for a in m.args.args] == ["self"] and len(m.body) == 1
+                   and isinstance(m.body[0], ast.Return) and (m.body[0].value is None or is_const(m.body[0].value))}
+            if own:
+                _SelfConstCalls(own).visit(c)
         if not consts:
             return
 
@@ -671,6 +683,21 @@ class Specializer:
                     and n.attr in sections[n.value.attr]):
                 out.append(f"untyped read: {ast.unparse(n)}")
         return out
+
+
+class _SelfConstCalls(ast.NodeTransformer):
+    """`self.m()` -> the constant m returns (m: a method of this class)."""
+
+    def __init__(self, consts: dict[str, ast.expr]):
+        self.consts = consts
+
+    def visit_Call(self, c: ast.Call):
+        self.generic_visit(c)
+        f = c.func
+        if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self"
+                and f.attr in self.consts and not c.args and not c.keywords):
+            return ast.copy_location(copy_tree(self.consts[f.attr]), c)
+        return c
 
 
 def _is_super_init(c: ast.AST) -> bool:

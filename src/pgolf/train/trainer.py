@@ -359,17 +359,20 @@ class Trainer:
                  f"{final['tokens']:,} targets, after {plural(s.step, 'step')} ({s.stop_reason})")
         summary = {
             "recipe": cfg.name, "seed": cfg.train.seed, "params": self.model.num_params(), "steps": s.step,
-            "train_tokens": s.train_tokens, "train_seconds": s.elapsed_ms / 1000,
-            "tokens_per_second": s.train_tokens / (s.elapsed_ms / 1000) if s.elapsed_ms > 0 else None,
-            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "train_tokens": s.train_tokens, "train_seconds": s.elapsed_ms / 1000, "stop_reason": s.stop_reason,
             "val_loss_prequant": final["val_loss"], "val_bpb_prequant": final["val_bpb"],
-            "prequant_eval_tokens": final["tokens"], "prequant_eval_seconds": final["seconds"],
-            "stop_reason": s.stop_reason, "world_size": self.proc.world, "device": str(self.device),
-            "grad_accum": self.accum, "batch_tokens": cfg.train.batch_tokens, "warmup_seconds": warmup_s,
-            "gptq_calib_seconds": gptq_s, "averaging": self.averager.mode if self.averager else None,
-            "recurrence_on": s.recurrence, "qat_on": s.qat_on or cfg.quant.qat == "full",
-            "compile": self.compiled, "autocast": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "world_size": self.proc.world, "device": str(self.device),
         }
+        if DETAIL:  # run diagnostics (the counted script's summary keeps the score's story)
+            summary.update({
+                "tokens_per_second": s.train_tokens / (s.elapsed_ms / 1000) if s.elapsed_ms > 0 else None,
+                "peak_memory_bytes": peak_memory_bytes(self.device),
+                "prequant_eval_tokens": final["tokens"], "prequant_eval_seconds": final["seconds"],
+                "grad_accum": self.accum, "batch_tokens": cfg.train.batch_tokens, "warmup_seconds": warmup_s,
+                "gptq_calib_seconds": gptq_s, "averaging": self.averager.mode if self.averager else None,
+                "recurrence_on": s.recurrence, "qat_on": s.qat_on or cfg.quant.qat == "full",
+                "compile": self.compiled, "autocast": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            })
         return TrainResult(summary, model_state(self.model), hessians, self.model.recurrence_active)
 
     def describe(self) -> str:
