@@ -129,3 +129,20 @@ def test_audit_cli_passes_and_reports_each_check(run_and_data, capsys):
     assert set(out["checks"]) == {"finite", "single_pass", "normalization", "causality", "target_independence"}
     assert all(c["passed"] for c in out["checks"].values()), out
     assert json.loads((run / "audit.json").read_text())["methods"]["sliding"]["seed"] == out["seed"]
+
+
+def test_an_artifact_keeps_what_scoring_reads_and_its_seed():
+    from pgolf.eval.artifact import model_from_bytes
+    from pgolf.quant.budget import pack_state
+    cfg = load_config("tiny", ["train.seed=5", "optim.matrix_lr=0.03", "quant.small_tensor_numel=128",
+                               "eval.method=\"ttt-lora\""])
+    d = cfg.artifact_dict()
+    assert "optim" not in d and "quant" not in d and d["eval"]["method"] == "ttt-lora" and "model" in d
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    packed = pack_state(model.state_dict(), d, cfg.quant, 0, {"seed": 5})
+    rebuilt, acfg, meta = model_from_bytes(packed.blob)
+    assert acfg.train.seed == 5 and meta["seed"] == 5  # LoRA TTT is seeded: `pgolf eval` scores as the run
+    assert acfg.model == cfg.model and acfg.eval == cfg.eval
+    no_seed = pack_state(model.state_dict(), d, cfg.quant, 0, {})
+    assert model_from_bytes(no_seed.blob)[1].train.seed == load_config("tiny").train.seed

@@ -464,14 +464,17 @@ class Config:
         return _diff(self.to_dict(), Config().to_dict())
 
     def artifact_dict(self) -> dict:
-        """What an artifact stores: to_compact() without the seed (in the artifact's metadata), the
-        machine-local data paths and the description, so the file depends on the weights and the
-        recipe alone."""
+        """What an artifact stores: what scoring it reads (name, data, model, train, eval), compact,
+        without the seed (in the artifact's metadata), the machine-local data paths and the
+        description, so the file depends on the weights and the recipe alone. The optimizer and
+        quantization recipe made the weights but do not score them: they stay in the run's config."""
         d = self.to_dict()
+        default = Config().to_dict()
         d["description"] = ""
         d["train"]["seed"] = TrainConfig().seed
         d["data"]["path"] = d["data"]["tokenizer"] = ""
-        return _diff(d, Config().to_dict())
+        d["optim"], d["quant"] = default["optim"], default["quant"]
+        return _diff(d, default)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(dataclasses.asdict(self), indent=indent, sort_keys=True)

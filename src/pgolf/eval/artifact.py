@@ -16,8 +16,11 @@ TOKENIZER_SHA_KEY = "tokenizer_sha256"
 
 
 def config_of(art: Artifact, where: str) -> Config:
+    """The artifact's config with its run's seed (metadata), which seeded methods (LoRA TTT) score with."""
     try:
-        return Config.from_dict(art.config)
+        cfg = Config.from_dict(art.config)
+        seed = art.meta.get("seed")
+        return cfg.replace([f"train.seed={seed}"]) if type(seed) is int else cfg
     except ConfigError as e:
         raise InputError(f"{where}: artifact config is invalid ({e})") from None
 
