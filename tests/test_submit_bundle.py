@@ -100,6 +100,24 @@ def test_bundle_holds_only_the_run_path(recipe):
         assert not [f for f in b.functions if "ttt_lora" in f or "phased" in f]
 
 
+def test_specialisation_folds_what_the_recipe_fixes():
+    """f-strings of constants, base __init__ checks fed through super().__init__, constant methods,
+    passing config checks, toolkit detail: none of it reaches the counted program."""
+    src = bundle.program_source(load_config("pr1413"))
+    tree = ast.parse(src)
+    loader = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Loader")
+    init = ast.unparse(next(m for m in loader.body if isinstance(m, ast.FunctionDef) and m.name == "__init__"))
+    assert "seq_len must be" not in init and "multiple of seq_len" not in init and "prefetch must be" not in init
+    assert "_stop_requested()" not in src and "warmup_count()" not in src  # self.m() of constant methods
+    assert "def need(" not in bundle.program_source(load_config("pr493"))  # check_stride's need(True, ...) went
+    for n in ast.walk(tree):  # no constant left inside an f-string
+        if isinstance(n, ast.FormattedValue):
+            assert not isinstance(n.value, ast.Constant), ast.unparse(n)
+    assert "rel_err" not in src and "peak_memory_bytes" not in src and "optimizer groups" not in src
+    record_run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "record_run")
+    assert "'optim'" not in ast.unparse(record_run)  # the artifact config holds what scoring reads
+
+
 def test_wrappers_and_sizes():
     cfg = load_config("tiny")
     sizes = {c: bundle.code_bytes(cfg, c) for c in bundle.COMPRESSIONS}

@@ -741,6 +741,32 @@ def _self(fn: ast.FunctionDef) -> str:
 class _Simplify(ast.NodeTransformer):
     """Constant folding over literals, and the live branch of constant conditions."""
 
+    def visit_FormattedValue(self, n: ast.FormattedValue):
+        n.value = self.visit(n.value)  # the format spec stays an f-string node
+        return n
+
+    def visit_JoinedStr(self, n: ast.JoinedStr):
+        """f"...{<constant>}..." -> the text, merged into its neighbours (a fully constant f-string is a str)."""
+        self.generic_visit(n)
+        parts: list[ast.expr] = []
+        for v in n.values:
+            if isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Constant) and (
+                    v.format_spec is None or all(isinstance(x, ast.Constant) for x in v.format_spec.values)):
+                conv = {-1: lambda x: x, 115: str, 114: repr, 97: ascii}[v.conversion]
+                spec = "".join(x.value for x in v.format_spec.values) if v.format_spec is not None else ""
+                try:
+                    v = ast.Constant(format(conv(v.value.value), spec))
+                except (TypeError, ValueError):
+                    pass
+            if parts and isinstance(v, ast.Constant) and isinstance(parts[-1], ast.Constant):
+                parts[-1] = ast.Constant(parts[-1].value + v.value)
+            else:
+                parts.append(v)
+        if all(isinstance(p, ast.Constant) for p in parts):
+            return ast.copy_location(ast.Constant("".join(p.value for p in parts)), n)
+        n.values = parts
+        return n
+
     def visit_BinOp(self, n: ast.BinOp):
         self.generic_visit(n)
         if is_const(n.left) and is_const(n.right) and type(n.op) in _BIN:
