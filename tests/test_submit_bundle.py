@@ -230,7 +230,7 @@ def test_record_seed_precedence_and_bad_values(monkeypatch):
     monkeypatch.setenv("SEED", " 42 ")
     assert seed_from([], 1337) == 42
     assert seed_from(["train.seed=7"], 1337) == 7  # --set wins over SEED
-    for bad in (["train.seed=-1"], ["train.seed=x"], [f"train.seed={2 ** 32}"], ["train.seed="]):
+    for bad in (["train.seed=-1"], ["train.seed=x"], [f"train.seed={2 ** 32}"], ["train.seed="], ["train.seed=²"]):
         with pytest.raises(ConfigError, match=r"train\.seed"):
             seed_from(bad, 1)
     monkeypatch.setenv("SEED", "nope")

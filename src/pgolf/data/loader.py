@@ -168,15 +168,17 @@ class PackedLoader(_Loader):
         super().__init__(shard_paths, seq_len, micro_batch_tokens, rank, world_size, vocab_size, prefetch)
         self.span = micro_batch_tokens + 1
         self.step_tokens = self.span * world_size
-        self.firsts = []  # each shard's first BOS, or -1 when no step fits after it
-        for path, shard in zip(self.paths, self.shards):
+        # where a shard's steps start: its first BOS, or its end when no step fits after that (skipped)
+        self.firsts = []
+        for shard in self.shards:
             bos = np.flatnonzero(shard == bos_id)
             fits = len(bos) and len(shard) - int(bos[0]) >= self.step_tokens
-            self.firsts.append(int(bos[0]) if fits else -1)
-        if max(self.firsts) < 0:
+            self.firsts.append(int(bos[0]) if fits else len(shard))
+        usable = [i for i, (f, shard) in enumerate(zip(self.firsts, self.shards)) if f < len(shard)]
+        if not usable:
             raise InputError(f"{self.paths[0]}...: no shard holds one step ({world_size} ranks x {self.span} "
                              f"tokens) after its first BOS ({bos_id})")
-        first = next(i for i, f in enumerate(self.firsts) if f >= 0)
+        first = usable[0]
         self._state = {"kind": self.kind, "shard": first, "cursor": self.firsts[first]}
 
     def _check_state(self, state: dict[str, Any]) -> None:
@@ -191,8 +193,6 @@ class PackedLoader(_Loader):
         while cursor + self.step_tokens > len(self.shards[s]):  # the record drops the shard's rest
             s = (s + 1) % len(self.shards)
             cursor = self.firsts[s]
-            if cursor < 0:
-                cursor = len(self.shards[s])  # nothing fits in this shard: on to the next
         a = cursor + self.rank * self.span
         buf = np.asarray(self.shards[s][a: a + self.span], dtype=np.int64)
         return buf[None, :-1].copy(), buf[None, 1:].copy(), {"kind": self.kind, "shard": s,

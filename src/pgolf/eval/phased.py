@@ -45,7 +45,7 @@ def run_phased(ctx: EvalContext) -> dict:
     queued = [spans[i] for i in phase_queue(spans, ctx.cfg)]
     phases = phase_bounds(queued, e.phased_points, e.phased_docs)
     m = copy.deepcopy(ctx.model).to(ctx.device)
-    opt = make_sgd(m, e)
+    opt = make_sgd(m, e) if e.phased_sgd == "pgolf" else None  # the record's form makes one per phase
     for i, (a, b) in enumerate(phases):
         lora_score_docs(m, ctx.scorer, queued[a:b], e, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype,
                         ctx.cfg.train.seed, ctx.desc(f"eval phase {i + 1}/{len(phases)}"))

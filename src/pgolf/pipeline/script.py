@@ -79,7 +79,7 @@ def seed_from(overrides: list[str], default: int) -> int:
         key, _, raw = o.partition("=")
         if key.strip() != "train.seed":
             raise ConfigError(f"--set {o}: only train.seed can change (the script is specialised to its recipe)")
-    if not raw.strip().isdigit() or int(raw) >= 2 ** 32:
+    if not raw.strip().isdecimal() or int(raw) >= 2 ** 32:
         raise ConfigError(f"train.seed: expected an integer in 0 .. 2**32-1, got {raw!r}")
     return int(raw)
 

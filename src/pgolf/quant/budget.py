@@ -59,22 +59,18 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], cfg: QuantConfig,
             qt = QuantizedTensor(q.cpu(), s.cpu(), plan.bits, t.dtype)
             out[name] = qt
             bits = plan.bits
-            if DETAIL:  # the report's per-tensor table (not in the counted script)
-                err = float((t.detach().float().cpu() - qt.dequantize().float()).norm())
-                rel = err / max(float(t.detach().float().norm()), 1e-30)
-                tensors.append({"name": name, "kind": "int", "group": plan.group, "bits": plan.bits,
-                                "shape": list(t.shape), "gptq": used_gptq, "rel_err": rel})
         else:
             out[name] = store_float(t, plan.kind)
             bits = out[name].data.element_size() * 8
-            if DETAIL:
-                tensors.append({"name": name, "kind": plan.kind, "group": plan.group, "bits": bits,
-                                "shape": list(t.shape)})
-        if not DETAIL:
-            continue
-        g = groups.setdefault(plan.group, {"group": plan.group, "bits": bits, "params": 0, "names": []})
-        g["params"] += t.numel()
-        g["names"].append(name)
+        if DETAIL:  # the report's per-tensor and per-group tables (not in the counted script)
+            row = {"name": name, "kind": plan.kind, "group": plan.group, "bits": bits, "shape": list(t.shape)}
+            if plan.kind == "int":
+                err = float((t.detach().float().cpu() - qt.dequantize().float()).norm())
+                row.update(gptq=used_gptq, rel_err=err / max(float(t.detach().float().norm()), 1e-30))
+            tensors.append(row)
+            g = groups.setdefault(plan.group, {"group": plan.group, "bits": bits, "params": 0, "names": []})
+            g["params"] += t.numel()
+            g["names"].append(name)
     lqer = {}
     if cfg.lqer_rank > 0:
         originals = {n: state_dict[n].detach().float().cpu() for n, v in out.items() if isinstance(v, QuantizedTensor)}
