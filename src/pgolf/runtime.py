@@ -8,7 +8,9 @@ no-op (or the identity) without an initialized process group, so single-process 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -162,3 +164,16 @@ def setup(device_pref: str = "auto") -> Process:
 def cleanup(proc: Process) -> None:
     if proc.owns_group and distributed():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device_pref: str = "auto") -> Iterator[Process]:
+    """setup() ... cleanup(). Ranks that finish meet at a barrier first, so none tears its group down
+    while a peer still works (rank 0 packing or plotting): a gloo rank that did has aborted at exit."""
+    proc = setup(device_pref)
+    try:
+        yield proc
+        if proc.owns_group:
+            barrier()
+    finally:
+        cleanup(proc)

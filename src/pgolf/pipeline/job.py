@@ -177,10 +177,9 @@ def run_pipeline(cfg: Config, data: list[str] | None, out: str | Path, *, val_da
                  tokenizer: str | None = None, val_docs: int = 50_000, resume: bool = False,
                  progress: bool = True, move_aside: bool = False) -> dict:
     """Train, pack, score and audit; returns the final summary (also RUN/summary.json)."""
-    proc = runtime.setup(cfg.train.device)
-    setup_console(progress, proc.rank)
-    rd = RunDir(out)
-    try:
+    with runtime.process_group(cfg.train.device) as proc:
+        setup_console(progress, proc.rank)
+        rd = RunDir(out)
         methods.check(cfg)  # eval settings fail now, not after training
         prepare_run_dir(rd, proc, resume, move_aside)
         with log_file(rd.log):
@@ -203,8 +202,6 @@ def run_pipeline(cfg: Config, data: list[str] | None, out: str | Path, *, val_da
             for line in final_lines(summary):
                 log.info(line, extra={"console": False})
             return summary
-    finally:
-        runtime.cleanup(proc)
 
 
 RUN_KEYS = ("recipe", "seed", "params", "steps", "train_seconds", "stop_reason", "val_loss", "val_bpb",
@@ -227,10 +224,9 @@ def train_run(cfg: Config, data: str | Path | None, out: str | Path, *, tokenize
               resume: bool = False, progress: bool = True, stop_after: int | None = None,
               move_aside: bool = False) -> dict:
     """`pgolf train`: train `cfg` on a shard directory into run directory `out`; returns the summary."""
-    proc = runtime.setup(cfg.train.device)
-    setup_console(progress, proc.rank)
-    rd = RunDir(out)
-    try:
+    with runtime.process_group(cfg.train.device) as proc:
+        setup_console(progress, proc.rank)
+        rd = RunDir(out)
         methods.check(cfg)
         prepare_run_dir(rd, proc, resume, move_aside)
         data = data or rd.read_resolved().get("data_dir") or cfg.data.path
@@ -245,8 +241,6 @@ def train_run(cfg: Config, data: str | Path | None, out: str | Path, *, tokenize
             s = run_training(cfg, rd, proc, tdata, resume, progress, stop_after)
             log.info(human_train(s), extra={"console": False})
             return s
-    finally:
-        runtime.cleanup(proc)
 
 
 def cmd_train(args: argparse.Namespace) -> dict:

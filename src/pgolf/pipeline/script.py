@@ -35,10 +35,9 @@ BUNDLED = False  # True in the counted script (set by the bundler): its config i
 
 
 def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes: int) -> dict:
-    proc = runtime.setup(cfg.train.device)
-    setup_console(False, proc.rank)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with runtime.process_group(cfg.train.device) as proc:
+        setup_console(False, proc.rank)
+        out.mkdir(parents=True, exist_ok=True)
         with log_file(out / "train.log"):
             sp = load_tokenizer(tokenizer)
             check_vocab(sp.vocab_size(), cfg.model.vocab_size, tokenizer)
@@ -67,8 +66,6 @@ def record_run(cfg: Config, data_dir: str, tokenizer: str, out: Path, code_bytes
                     log.info(line)
                 atomic_write_json(out / "summary.json", s)
             return s
-    finally:
-        runtime.cleanup(proc)
 
 
 def seed_from(overrides: list[str], default: int) -> int:
