@@ -118,6 +118,45 @@ def test_specialisation_folds_what_the_recipe_fixes():
     assert "'optim'" not in ast.unparse(record_run)  # the artifact config holds what scoring reads
 
 
+GUARDED = """
+def f(x, w):
+    if x < 0:
+        raise ValueError('x must be >= 0')
+    if not isinstance(w, list):
+        raise RuntimeError
+    if x > 9:
+        raise InputError('x: too large')
+    if w != w[::-1]:
+        raise CodecError('sha mismatch')
+    if check(x):
+        raise ValueError('check has effects')
+    if w.pop():
+        raise ValueError('pop has effects')
+    if w.numel() > 3 or w.max() > 2:
+        raise ValueError('too big')
+    if x == 5:
+        raise ValueError('five')
+    else:
+        x += 1
+    for y in w:
+        if y is None:
+            raise ValueError('no None')
+    return x
+"""
+
+
+def test_drop_guards_keeps_user_errors_and_effects():
+    tree = ast.parse(GUARDED)
+    assert bundle.drop_guards(tree) == 4
+    out = ast.unparse(tree)
+    for gone in ("x must be", "RuntimeError", "no None", "too big"):
+        assert gone not in out
+    for kept in ("too large", "sha mismatch", "check has effects", "pop has effects", "'five'", "pass"):
+        assert kept in out
+    src = bundle.program_source(load_config("pr1413"))
+    assert "sha256 mismatch" in src and "Muon: lr must be" not in src and "no bytes scored" not in src
+
+
 def test_wrappers_and_sizes():
     cfg = load_config("tiny")
     sizes = {c: bundle.code_bytes(cfg, c) for c in bundle.COMPRESSIONS}

@@ -372,7 +372,7 @@ def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
         if off != raw_len:
             raise ValueError(f"section {k} holds {raw_len - off} bytes beyond its arrays")
     if sha.hexdigest() != header["sha256"]:
-        raise ValueError("sha256 mismatch (corrupt payload)")
+        raise CodecError("sha256 mismatch (corrupt payload)")  # a CodecError: the counted script keeps it
     for i, e in enumerate(entries):
         if set(got[i]) != set(specs[i]):
             raise ValueError(f"'{names[i]}' is missing arrays {sorted(set(specs[i]) - set(got[i]))}")

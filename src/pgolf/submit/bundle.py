@@ -6,7 +6,9 @@ Its size is the artifact's code bytes. How it is made:
   2. specialise: the recipe's config is compiled in (pgolf.submit.specialize): switches that are off
      take their branches with them, the eval-method registry keeps the recipe's method (and plain),
      and only the seed is read at run time;
-  3. shake again, minify with python-minifier (docstrings, asserts and annotations out, names short),
+  3. drop the guards against programmer error (`if ...: raise ValueError`, as python -O drops
+     asserts; the errors a user can cause stay), shake again, minify with python-minifier
+     (docstrings, asserts and annotations out, names short),
      compress with lzma or brotli, whichever is smaller, and wrap in a two-line self-extracting stub
      whose payload is the compressed bytes as a latin-1 string (PEP 263 source encoding: 1-3% larger
      than the bytes, where base85 costs 25%).
@@ -160,6 +162,7 @@ def _program(config_json: str, fingerprint: tuple) -> tuple[str, tuple[str, ...]
     if left:
         raise WorkError("bundle: config reads that did not specialise (the script would need the config "
                         "machinery):\n  " + "\n  ".join(left[:12]))
+    drop_guards(spec.tree)
     tree = shake_module(strip_annotations(spec.tree), [root])
     at = next(i for i, s in enumerate(tree.body) if not isinstance(s, (ast.Import, ast.ImportFrom, ast.If, ast.Try)))
     tree.body.insert(at, ast.parse(f"{SEED} = {cfg.train.seed}").body[0])
@@ -197,6 +200,49 @@ def strip_annotations(tree: ast.Module) -> ast.Module:
                                   else s for s in block if not (isinstance(s, ast.AnnAssign) and s.value is None)]
                         or [ast.Pass()])
     return ast.fix_missing_locations(tree)
+
+
+GUARD_ERRORS = ("ValueError", "RuntimeError")
+
+
+def drop_guards(tree: ast.Module) -> int:
+    """Drop `if <test>: raise ValueError(...)` (or RuntimeError) statements: guards against
+    programmer error, dead in a script whose config is frozen and checked at bundle time, as python -O
+    drops asserts. Errors a user can cause (InputError, ConfigError, WorkError) and the artifact's
+    checksum (CodecError) stay. Returns how many were dropped."""
+    dropped = 0
+
+    def guard(s: ast.stmt) -> bool:
+        if not (isinstance(s, ast.If) and not s.orelse and len(s.body) == 1 and isinstance(s.body[0], ast.Raise)):
+            return False
+        exc = s.body[0].exc
+        f = exc.func if isinstance(exc, ast.Call) else exc
+        return isinstance(f, ast.Name) and f.id in GUARD_ERRORS and not _calls(s.test)
+
+    for n in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(n, name, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                kept = [s for s in block if not guard(s)]
+                dropped += len(block) - len(kept)
+                setattr(n, name, kept or [ast.Pass()])
+    return dropped
+
+
+def _calls(test: ast.expr) -> bool:
+    """Whether a guard's test calls something other than a pure builtin or a pure tensor / dict
+    method (a call may have effects)."""
+    pure = {"len", "isinstance", "type", "set", "tuple", "int", "all", "any", "max", "min", "str", "list"}
+    methods = {"numel", "min", "max", "dim", "get"}
+
+    def impure(c: ast.expr) -> bool:
+        if isinstance(c, ast.NamedExpr):
+            return True
+        if not isinstance(c, ast.Call):
+            return False
+        f = c.func
+        return not (isinstance(f, ast.Name) and f.id in pure or isinstance(f, ast.Attribute) and f.attr in methods)
+    return any(impure(c) for c in ast.walk(test))
 
 
 def _fingerprint() -> tuple:
