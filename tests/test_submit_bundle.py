@@ -11,7 +11,7 @@ from pathlib import Path
 import brotli
 import pytest
 
-from pgolf.config import load_config
+from pgolf.config import load_config, recipe_names
 from pgolf.errors import InputError
 from pgolf.submit import bundle
 from pgolf.submit.flatten import shake_module
@@ -54,6 +54,15 @@ def test_shake_keeps_what_the_roots_reach():
     out = ast.unparse(shake_module(ast.parse(src), ["main"]))
     assert "def helper" in out and "B = A + 1" in out and "def emit" in out
     assert "def unused" not in out and "def own" not in out and "import json" not in out and "import os" not in out
+    # a string may name a method (getattr); a dict literal's value is data
+    src = textwrap.dedent("""
+        class A:
+            def by_name(self): return 1
+            def record(self): return 2
+        def main(): return getattr(A(), "by_name")(), {"sgd": "record"}
+    """)
+    out = ast.unparse(shake_module(ast.parse(src), ["main"]))
+    assert "def by_name" in out and "def record" not in out
 
 
 def test_specializer_folds_switches_and_drops_dead_code():
@@ -77,6 +86,22 @@ def test_specializer_folds_switches_and_drops_dead_code():
     assert not cfg.model.recurrent and "def slow" not in out and "recurrent" not in out
     assert repr(cfg.model.model_dim * 2) in out and repr(cfg.eval.method) in out
     assert spec.config_reads() == []
+
+
+def test_simplify_folds_chains_and_empty_iterations():
+    from pgolf.submit.specialize import _Simplify
+    src = textwrap.dedent("""
+        def f(i, names):
+            a = 0 <= -1 <= i
+            b = 0 <= 3 <= i
+            c = any(n in names for n in ())
+            d = all(n for n in [])
+            e = any(n in names for n in names)
+            return a, b, c, d, e
+    """)
+    out = ast.unparse(_Simplify().visit(ast.parse(src)))
+    assert "a = False" in out and "b = 0 <= 3 <= i" in out and "c = False" in out and "d = True" in out
+    assert "e = any(" in out
 
 
 # -- the bundle of a recipe ----------------------------------------------------------------------
@@ -116,45 +141,6 @@ def test_specialisation_folds_what_the_recipe_fixes():
     assert "rel_err" not in src and "peak_memory_bytes" not in src and "optimizer groups" not in src
     record_run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "record_run")
     assert "'optim'" not in ast.unparse(record_run)  # the artifact config holds what scoring reads
-
-
-GUARDED = """
-def f(x, w):
-    if x < 0:
-        raise ValueError('x must be >= 0')
-    if not isinstance(w, list):
-        raise RuntimeError
-    if x > 9:
-        raise InputError('x: too large')
-    if w != w[::-1]:
-        raise CodecError('sha mismatch')
-    if check(x):
-        raise ValueError('check has effects')
-    if w.pop():
-        raise ValueError('pop has effects')
-    if w.numel() > 3 or w.max() > 2:
-        raise ValueError('too big')
-    if x == 5:
-        raise ValueError('five')
-    else:
-        x += 1
-    for y in w:
-        if y is None:
-            raise ValueError('no None')
-    return x
-"""
-
-
-def test_drop_guards_keeps_user_errors_and_effects():
-    tree = ast.parse(GUARDED)
-    assert bundle.drop_guards(tree) == 4
-    out = ast.unparse(tree)
-    for gone in ("x must be", "RuntimeError", "no None", "too big"):
-        assert gone not in out
-    for kept in ("too large", "sha mismatch", "check has effects", "pop has effects", "'five'", "pass"):
-        assert kept in out
-    src = bundle.program_source(load_config("pr1413"))
-    assert "sha256 mismatch" in src and "Muon: lr must be" not in src and "no bytes scored" not in src
 
 
 def test_wrappers_and_sizes():
@@ -275,3 +261,18 @@ def test_record_seed_precedence_and_bad_values(monkeypatch):
     monkeypatch.setenv("SEED", "nope")
     with pytest.raises(ConfigError, match="nope"):
         seed_from([], 1)
+
+
+# the counted-bytes targets of the submissions issue that are met: they stay met
+TARGETS = {"baseline": 20_000, "tiny": 20_000, "pr493": 20_000, "pr493-bosfix": 20_000, "pr1855": 24_000}
+
+
+@pytest.mark.parametrize("recipe", sorted(set(recipe_names()) - {"tiny", "pr1413"}))
+def test_every_recipe_bundles(recipe):
+    """Every config read of every recipe specialises (a read left through an untyped object fails the
+    bundle), the program compiles, and a met byte target stays met."""
+    b = bundle.bundle_info(load_config(recipe))
+    compile(bundle.program_source(load_config(recipe)), "train_gpt.py", "exec")
+    assert set(b.third_party) <= ALLOWED, b.third_party
+    if recipe in TARGETS:
+        assert b.code_bytes <= TARGETS[recipe], (recipe, b.code_bytes)

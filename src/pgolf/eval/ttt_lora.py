@@ -129,7 +129,7 @@ def attached_lora(model: nn.Module, targets: tuple[str, ...], rows: int, rank: i
             mods.append(lora)
     head = None
     if HEAD_TARGET in targets:
-        d, vocab = model.cfg.model_dim, model.cfg.vocab_size
+        vocab, d = model.tok_emb.weight.shape  # the head maps the final hidden (d) to the vocab
         head = _adapter(None, gen, rows, rank, d, vocab, init, device)
     try:
         yield LoRASet(mods, head)

@@ -38,6 +38,7 @@ from pgolf.eval.methods import check as check_method
 from pgolf.quant.container import PLAIN_CODECS
 from pgolf.quant.pergroup import REMAINDER_CODEC
 from pgolf.submit.flatten import PKG_ROOT, Flattener, shake_module, std_modules
+from pgolf.submit.prune import drop_dead_code, drop_guards
 from pgolf.submit.specialize import NS, Specializer
 
 ENTRY, ROOT = "pgolf.pipeline.script", "main"
@@ -163,6 +164,7 @@ def _program(config_json: str, fingerprint: tuple) -> tuple[str, tuple[str, ...]
         raise WorkError("bundle: config reads that did not specialise (the script would need the config "
                         "machinery):\n  " + "\n  ".join(left[:12]))
     drop_guards(spec.tree)
+    drop_dead_code(spec.tree)
     tree = shake_module(strip_annotations(spec.tree), [root])
     at = next(i for i, s in enumerate(tree.body) if not isinstance(s, (ast.Import, ast.ImportFrom, ast.If, ast.Try)))
     tree.body.insert(at, ast.parse(f"{SEED} = {cfg.train.seed}").body[0])
@@ -200,49 +202,6 @@ def strip_annotations(tree: ast.Module) -> ast.Module:
                                   else s for s in block if not (isinstance(s, ast.AnnAssign) and s.value is None)]
                         or [ast.Pass()])
     return ast.fix_missing_locations(tree)
-
-
-GUARD_ERRORS = ("ValueError", "RuntimeError")
-
-
-def drop_guards(tree: ast.Module) -> int:
-    """Drop `if <test>: raise ValueError(...)` (or RuntimeError) statements: guards against
-    programmer error, dead in a script whose config is frozen and checked at bundle time, as python -O
-    drops asserts. Errors a user can cause (InputError, ConfigError, WorkError) and the artifact's
-    checksum (CodecError) stay. Returns how many were dropped."""
-    dropped = 0
-
-    def guard(s: ast.stmt) -> bool:
-        if not (isinstance(s, ast.If) and not s.orelse and len(s.body) == 1 and isinstance(s.body[0], ast.Raise)):
-            return False
-        exc = s.body[0].exc
-        f = exc.func if isinstance(exc, ast.Call) else exc
-        return isinstance(f, ast.Name) and f.id in GUARD_ERRORS and not _calls(s.test)
-
-    for n in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            block = getattr(n, name, None)
-            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
-                kept = [s for s in block if not guard(s)]
-                dropped += len(block) - len(kept)
-                setattr(n, name, kept or [ast.Pass()])
-    return dropped
-
-
-def _calls(test: ast.expr) -> bool:
-    """Whether a guard's test calls something other than a pure builtin or a pure tensor / dict
-    method (a call may have effects)."""
-    pure = {"len", "isinstance", "type", "set", "tuple", "int", "all", "any", "max", "min", "str", "list"}
-    methods = {"numel", "min", "max", "dim", "get"}
-
-    def impure(c: ast.expr) -> bool:
-        if isinstance(c, ast.NamedExpr):
-            return True
-        if not isinstance(c, ast.Call):
-            return False
-        f = c.func
-        return not (isinstance(f, ast.Name) and f.id in pure or isinstance(f, ast.Attribute) and f.attr in methods)
-    return any(impure(c) for c in ast.walk(test))
 
 
 def _fingerprint() -> tuple:

@@ -644,12 +644,15 @@ def shake_module(tree: ast.Module, roots: list[str]) -> ast.Module:
                 todo.append(n.id)
             elif n.id in imports:
                 used_imports.add(n.id)
+        values = {id(v) for d in ast.walk(node) if isinstance(d, ast.Dict) for v in d.values}
         for sub in ast.walk(node):
             if id(sub) in skipped:
                 continue
             if isinstance(sub, ast.Attribute):
                 attrs.add(sub.attr)
-            if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.isidentifier():
+            # a string may name a method (getattr); a dict literal's values are data, not names
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.isidentifier() \
+                    and id(sub) not in values:
                 attrs.add(sub.value)
 
     def external(node: ast.ClassDef) -> list[type]:

@@ -678,9 +678,11 @@ class Specializer:
                         out.append(f"{cls + '.' if cls else ''}{fn.name}: {ast.unparse(n)} ({p})")
         sections = {name: {f.name for f in dataclasses.fields(c)} | {a for a in vars(c) if not a.startswith("_")}
                     for name, c in SECTIONS.items()}
-        for n in ast.walk(self.tree):  # config-looking reads in code without types: a.model.x, b.train.y
-            if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and n.value.attr in sections
-                    and n.attr in sections[n.value.attr]):
+        every = set().union(*sections.values())
+        for n in ast.walk(self.tree):  # config-looking reads in code without types: a.model.x, m.cfg.y
+            if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and isinstance(n.ctx, ast.Load)
+                    and (n.value.attr in sections and n.attr in sections[n.value.attr]
+                         or n.value.attr == "cfg" and n.attr in every)):
                 out.append(f"untyped read: {ast.unparse(n)}")
         return out
 
@@ -801,6 +803,16 @@ class _Simplify(ast.NodeTransformer):
                     return n
                 left = right
             return ast.copy_location(ast.Constant(bool(ok)), n)
+        # a chain `a < b < x` with a false constant link is false (links are and-ed; the rest is pure)
+        items = [n.left, *n.comparators]
+        if all(type(o) in _CMP for o in n.ops) and all(_simple(x) for x in items):
+            for i, op in enumerate(n.ops):
+                if is_const(items[i]) and is_const(items[i + 1]):
+                    try:
+                        if not _CMP[type(op)](const_value(items[i]), const_value(items[i + 1])):
+                            return ast.copy_location(ast.Constant(False), n)
+                    except TypeError:
+                        return n
         return n
 
     def visit_BoolOp(self, n: ast.BoolOp):
@@ -831,6 +843,10 @@ class _Simplify(ast.NodeTransformer):
 
     def visit_Call(self, n: ast.Call):
         self.generic_visit(n)
+        if (isinstance(n.func, ast.Name) and n.func.id in ("any", "all") and len(n.args) == 1 and not n.keywords
+                and isinstance(n.args[0], (ast.GeneratorExp, ast.ListComp))
+                and all(isinstance(g.iter, (ast.Tuple, ast.List)) and not g.iter.elts for g in n.args[0].generators[:1])):
+            return ast.copy_location(ast.Constant(n.func.id == "all"), n)  # over an empty literal
         if (isinstance(n.func, ast.Name) and n.func.id in _PURE_BUILTINS and not n.keywords
                 and n.args and all(is_const(a) for a in n.args)):
             try:

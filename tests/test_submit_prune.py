@@ -1,0 +1,101 @@
+"""The bundle's pruning passes (pgolf.submit.prune) on small programs, and on a recipe's script."""
+from __future__ import annotations
+
+import ast
+
+from pgolf.config import load_config
+from pgolf.submit import bundle
+from pgolf.submit.prune import drop_dead_code, drop_guards, pure
+
+GUARDED = """
+def f(x, w):
+    if x < 0:
+        raise ValueError('x must be >= 0')
+    if not isinstance(w, list):
+        raise RuntimeError
+    if x > 9:
+        raise InputError('x: too large')
+    if w != w[::-1]:
+        raise CodecError('sha mismatch')
+    if check(x):
+        raise ValueError('check has effects')
+    if w.pop():
+        raise ValueError('pop has effects')
+    if w.numel() > 3 or w.max() > 2:
+        raise ValueError('too big')
+    if x == 5:
+        raise ValueError('five')
+    else:
+        x += 1
+    for y in w:
+        if y is None:
+            raise ValueError('no None')
+    return x
+"""
+
+
+def test_drop_guards_keeps_user_errors_and_effects():
+    tree = ast.parse(GUARDED)
+    assert drop_guards(tree) == 4
+    out = ast.unparse(tree)
+    for gone in ("x must be", "RuntimeError", "no None", "too big"):
+        assert gone not in out
+    for kept in ("too large", "sha mismatch", "check has effects", "pop has effects", "'five'", "pass"):
+        assert kept in out
+    src = bundle.program_source(load_config("pr1413"))
+    assert "sha256 mismatch" in src and "Muon: lr must be" not in src and "no bytes scored" not in src
+
+
+DEAD = """
+def f(entries, data, w):
+    names = [e['name'] for e in entries]
+    raw_len = len(data)
+    cfg, s = (None, w.state)
+    a, b = (len(data), g(data))
+    for i, e in enumerate(entries):
+        pass
+    for e in gen(entries):
+        pass
+    try:
+        out = s + 1
+    finally:
+        pass
+    if out and True:
+        out += 1
+    while out < 0 or False:
+        out += 1
+    return out
+"""
+
+
+def test_drop_dead_code_keeps_effects_and_reads():
+    tree = ast.parse(DEAD)
+    assert drop_dead_code(tree) == 6  # the neutral tails are rewritten, not counted
+    got = ast.unparse(tree)
+    want = ast.unparse(ast.parse("""
+def f(entries, data, w):
+    s = w.state
+    b = g(data)
+    for e in gen(entries):
+        pass
+    out = s + 1
+    if out:
+        out += 1
+    while out < 0:
+        out += 1
+    return out
+"""))
+    assert got == want
+    # the pruned function computes what the original did
+    scope: dict = {"g": lambda d: d, "gen": iter}
+    exec(got, scope)
+    class W:
+        state = 4
+    assert scope["f"]([{"name": "x"}], [1], W()) == 6
+
+
+def test_pure_expressions():
+    yes = ["len(x) + 1", "[e['n'] for e in xs]", "a.b[c]", "x.numel() and x.max() > 2", "{k: v for k, v in d.items()}"]
+    no = ["f(x)", "x.append(1)", "(y := 2)", "lambda: f()", "print(x)"]
+    assert all(pure(ast.parse(e, mode="eval").body) for e in yes)
+    assert not any(pure(ast.parse(e, mode="eval").body) for e in no)
