@@ -56,6 +56,8 @@ def f(entries, data, w):
         pass
     for e in gen(entries):
         pass
+    for last in entries:
+        pass
     try:
         out = s + 1
     finally:
@@ -64,7 +66,7 @@ def f(entries, data, w):
         out += 1
     while out < 0 or False:
         out += 1
-    return out
+    return out, last
 """
 
 
@@ -78,12 +80,14 @@ def f(entries, data, w):
     b = g(data)
     for e in gen(entries):
         pass
+    for last in entries:
+        pass
     out = s + 1
     if out:
         out += 1
     while out < 0:
         out += 1
-    return out
+    return out, last
 """))
     assert got == want
     # the pruned function computes what the original did
@@ -91,7 +95,7 @@ def f(entries, data, w):
     exec(got, scope)
     class W:
         state = 4
-    assert scope["f"]([{"name": "x"}], [1], W()) == 6
+    assert scope["f"]([{"name": "x"}], [1], W()) == (6, {"name": "x"})
 
 
 def test_pure_expressions():

@@ -69,7 +69,8 @@ def _blocks(tree: ast.AST):
 def _unneeded(st: ast.stmt, read: set[str]) -> ast.stmt | None:
     """None when `st` can go; a smaller statement when part of it can; else `st` itself."""
     if isinstance(st, ast.For) and not st.orelse and all(isinstance(b, ast.Pass) for b in st.body) and pure(st.iter):
-        return None
+        bound = {x.id for x in ast.walk(st.target) if isinstance(x, ast.Name)}
+        return st if bound & read else None  # the loop variable read after the loop: keep
     if isinstance(st, ast.Try) and not st.handlers and all(isinstance(b, ast.Pass) for b in st.finalbody):
         return st.body  # a list: spliced in
     if not (isinstance(st, ast.Assign) and len(st.targets) == 1):
