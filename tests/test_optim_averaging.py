@@ -83,17 +83,17 @@ def test_swa_not_ready_before_first_snapshot():
         swa.copy_to(_model())
 
 
-def test_state_dict_round_trip_and_continue():
+def test_checkpoint_state_round_trip_and_continue():
     seq = _weights(6)
     model, a = _model(), WeightAverager("swa", every=1)
     for step, ws in enumerate(seq[:3]):
         _set(model, ws)
         a.update(model, step)
-    state = a.state_dict()
+    state = a.checkpoint_state()
     assert set(state) == {"w", "b", COUNT_KEY} and int(state[COUNT_KEY]) == 3
     assert all(t.dtype == torch.float32 for k, t in state.items() if k != COUNT_KEY)
     b = WeightAverager("swa", every=1)
-    b.load_state_dict(state)
+    b.load_checkpoint_state(state)
     for step, ws in enumerate(seq[3:], start=3):
         _set(model, ws)
         a.update(model, step)
@@ -102,7 +102,7 @@ def test_state_dict_round_trip_and_continue():
     torch.testing.assert_close(b.averaged()["w"].double(), torch.stack([s["w"] for s in seq]).mean(0),
                                atol=1e-6, rtol=1e-6)
     with pytest.raises(InputError, match=COUNT_KEY):
-        b.load_state_dict({"w": torch.zeros(3, 4)})
+        b.load_checkpoint_state({"w": torch.zeros(3, 4)})
 
 
 def test_copy_to_keeps_param_dtype_and_rejects_unknown_model():

@@ -11,7 +11,7 @@ import torch.nn as nn
 from pgolf.config import ConfigError, OptimConfig
 from pgolf.errors import InputError
 
-COUNT_KEY = "_averager.count"  # the one non-parameter entry of state_dict()
+COUNT_KEY = "_averager.count"  # the one non-parameter entry of checkpoint_state()
 
 
 class WeightAverager:
@@ -79,15 +79,15 @@ class WeightAverager:
                 raise InputError(f"averaged weights: no entry for parameter '{n}'")
             p.copy_(avg[n].to(p.dtype))
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Parameter name -> fp32 tensor (EMA average or SWA sum), plus COUNT_KEY (int64 scalar)."""
         out = {n: t.detach().clone() for n, t in self.avg.items()}
         out[COUNT_KEY] = torch.tensor(self.count, dtype=torch.int64)
         return out
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         if COUNT_KEY not in state:
-            raise InputError(f"averager state: missing '{COUNT_KEY}' (expected a WeightAverager.state_dict())")
+            raise InputError(f"averager state: missing '{COUNT_KEY}' (expected a WeightAverager.checkpoint_state())")
         self.count = int(state[COUNT_KEY])
         self.avg = {n: t.detach().float().clone() for n, t in state.items() if n != COUNT_KEY}
 

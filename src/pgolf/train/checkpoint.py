@@ -282,7 +282,7 @@ class Checkpointer:
         meta = {"loop": asdict(tr.state), "config": tr.cfg.to_dict()}
         save_checkpoint(self.path, rank=tr.proc.rank, world_size=tr.proc.world, meta=meta,
                         model_state=dict(tr.model.state_dict()), optimizers=tr.optimizers,
-                        averager_state=tr.averager.state_dict() if tr.averager and tr.averager.avg else None,
+                        averager_state=tr.averager.checkpoint_state() if tr.averager and tr.averager.avg else None,
                         loader_state=tr.loader.state_dict(), device=tr.device, barrier=barrier)
 
     def load(self, tr) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -302,7 +302,7 @@ class Checkpointer:
         for o, s in zip(tr.optimizers, c.optimizers):
             o.load_state_dict(s)
         if tr.averager is not None and c.averager is not None:
-            tr.averager.load_state_dict({k: v.to(tr.device) for k, v in c.averager.items()})
+            tr.averager.load_checkpoint_state({k: v.to(tr.device) for k, v in c.averager.items()})
         tr.loader.load_state_dict(c.loader)
         tr.state = type(tr.state)(**c.meta["loop"])
         log.info(f"resumed from {c.path} at step {tr.state.step:,} ({tr.state.elapsed_ms / 1000:.1f} s of training done)")
