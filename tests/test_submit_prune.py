@@ -50,6 +50,8 @@ DEAD = """
 def f(entries, data, w):
     names = [e['name'] for e in entries]
     raw_len = len(data)
+    count = 0
+    count += 1
     cfg, s = (None, w.state)
     a, b = (len(data), g(data))
     for i, e in enumerate(entries):
@@ -76,6 +78,8 @@ def test_drop_dead_code_keeps_effects_and_reads():
     got = ast.unparse(tree)
     want = ast.unparse(ast.parse("""
 def f(entries, data, w):
+    count = 0
+    count += 1
     s = w.state
     b = g(data)
     for e in gen(entries):

@@ -24,7 +24,7 @@ def drop_guards(tree: ast.Module) -> int:
             return False
         exc = s.body[0].exc
         f = exc.func if isinstance(exc, ast.Call) else exc
-        return isinstance(f, ast.Name) and f.id in GUARD_ERRORS and not _calls(s.test)
+        return isinstance(f, ast.Name) and f.id in GUARD_ERRORS and pure(s.test)
 
     for n in ast.walk(tree):
         for name in ("body", "orelse", "finalbody"):
@@ -42,8 +42,8 @@ PURE_METHODS = {"numel", "min", "max", "dim", "get", "items", "keys", "values"}
 
 
 def pure(e: ast.AST) -> bool:
-    """Whether evaluating `e` has no effect beyond its value: its only calls are pure builtins and
-    tensor / dict methods that only read."""
+    """Whether evaluating `e` has no effect beyond its value (or an exception): its only calls are
+    pure builtins and tensor / dict methods that only read."""
     for c in ast.walk(e):
         if isinstance(c, (ast.NamedExpr, ast.Yield, ast.YieldFrom, ast.Await, ast.Lambda)):
             return False
@@ -52,10 +52,6 @@ def pure(e: ast.AST) -> bool:
             if not (isinstance(f, ast.Name) and f.id in PURE_CALLS or isinstance(f, ast.Attribute) and f.attr in PURE_METHODS):
                 return False
     return True
-
-
-def _calls(test: ast.expr) -> bool:
-    return not pure(test)
 
 
 def _blocks(tree: ast.AST):
@@ -114,6 +110,7 @@ def drop_dead_code(tree: ast.Module) -> int:
         for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
             read = {x.id for x in ast.walk(fn) if isinstance(x, ast.Name) and not isinstance(x.ctx, ast.Store)}
             read |= {name for x in ast.walk(fn) if isinstance(x, (ast.Global, ast.Nonlocal)) for name in x.names}
+            read |= {x.target.id for x in ast.walk(fn) if isinstance(x, ast.AugAssign) and isinstance(x.target, ast.Name)}
             for owner, name, block in list(_blocks(fn)):
                 out: list[ast.stmt] = []
                 for st in block:
