@@ -97,11 +97,18 @@ def test_simplify_folds_chains_and_empty_iterations():
             c = any(n in names for n in ())
             d = all(n for n in [])
             e = any(n in names for n in names)
-            return a, b, c, d, e
+            if i and True:
+                i += 1
+            while i < 0 or False:
+                i += 1
+            k = 1 if i or False else 2
+            return a, b, c, d, e, k, i and True
     """)
     out = ast.unparse(_Simplify().visit(ast.parse(src)))
     assert "a = False" in out and "b = 0 <= 3 <= i" in out and "c = False" in out and "d = True" in out
     assert "e = any(" in out
+    # in a condition only the truth matters: a neutral constant at the end goes; as a value it stays
+    assert "if i:" in out and "while i < 0:" in out and "k = 1 if i else 2" in out and "i and True)" in out
 
 
 # -- the bundle of a recipe ----------------------------------------------------------------------

@@ -64,9 +64,9 @@ def f(entries, data, w):
         out = s + 1
     finally:
         pass
-    if out and True:
+    if out:
         out += 1
-    while out < 0 or False:
+    while out < 0:
         out += 1
     return out, last
 """
@@ -74,7 +74,7 @@ def f(entries, data, w):
 
 def test_drop_dead_code_keeps_effects_and_reads():
     tree = ast.parse(DEAD)
-    assert drop_dead_code(tree) == 6  # the neutral tails are rewritten, not counted
+    assert drop_dead_code(tree) == 6
     got = ast.unparse(tree)
     want = ast.unparse(ast.parse("""
 def f(entries, data, w):

@@ -5,8 +5,7 @@ error, dead in a script whose config is frozen and checked at bundle time (pytho
 for the same reason). The errors a user can cause (InputError, ConfigError, WorkError) and the
 artifact's checksum (CodecError) stay.
 drop_dead_code: what such drops and the specialiser's folding leave behind: locals nobody reads
-(when computing them has no effect), loops over nothing but `pass`, a neutral constant at the end
-of a condition (`x and True`), `try: ... finally: pass`.
+(when computing them has no effect), loops over nothing but `pass`, `try: ... finally: pass`.
 """
 from __future__ import annotations
 
@@ -26,13 +25,10 @@ def drop_guards(tree: ast.Module) -> int:
         f = exc.func if isinstance(exc, ast.Call) else exc
         return isinstance(f, ast.Name) and f.id in GUARD_ERRORS and pure(s.test)
 
-    for n in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            block = getattr(n, name, None)
-            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
-                kept = [s for s in block if not guard(s)]
-                dropped += len(block) - len(kept)
-                setattr(n, name, kept or [ast.Pass()])
+    for owner, name, block in list(_blocks(tree)):
+        kept = [s for s in block if not guard(s)]
+        dropped += len(block) - len(kept)
+        setattr(owner, name, kept or [ast.Pass()])
     return dropped
 
 
@@ -88,23 +84,9 @@ def _unneeded(st: ast.stmt, read: set[str]) -> ast.stmt | None:
     return st
 
 
-def _neutral_tail(test: ast.expr) -> ast.expr:
-    """`x and True` -> `x`, `x or False` -> `x` (in a condition only the truth matters)."""
-    if isinstance(test, ast.BoolOp) and len(test.values) > 1:
-        last = test.values[-1]
-        neutral = isinstance(test.op, ast.And)
-        if isinstance(last, ast.Constant) and bool(last.value) is neutral:
-            rest = test.values[:-1]
-            return _neutral_tail(rest[0] if len(rest) == 1 else ast.BoolOp(test.op, rest))
-    return test
-
-
 def drop_dead_code(tree: ast.Module) -> int:
     """Drop the leftovers listed in the module docstring, to a fixed point; returns how many went."""
     total = 0
-    for n in ast.walk(tree):
-        if isinstance(n, (ast.If, ast.While)):
-            n.test = _neutral_tail(n.test)
     while True:
         dropped = 0
         for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:

@@ -836,6 +836,7 @@ class _Simplify(ast.NodeTransformer):
 
     def visit_IfExp(self, n: ast.IfExp):
         self.generic_visit(n)
+        n.test = _neutral_tail(n.test)
         t = _truth(n.test)
         if t is not None:
             return ast.copy_location(n.body if t else n.orelse, n)
@@ -844,9 +845,10 @@ class _Simplify(ast.NodeTransformer):
     def visit_Call(self, n: ast.Call):
         self.generic_visit(n)
         if (isinstance(n.func, ast.Name) and n.func.id in ("any", "all") and len(n.args) == 1 and not n.keywords
-                and isinstance(n.args[0], (ast.GeneratorExp, ast.ListComp))
-                and all(isinstance(g.iter, (ast.Tuple, ast.List)) and not g.iter.elts for g in n.args[0].generators[:1])):
-            return ast.copy_location(ast.Constant(n.func.id == "all"), n)  # over an empty literal
+                and isinstance(n.args[0], (ast.GeneratorExp, ast.ListComp))):
+            first = n.args[0].generators[0].iter
+            if isinstance(first, (ast.Tuple, ast.List)) and not first.elts:  # over an empty literal
+                return ast.copy_location(ast.Constant(n.func.id == "all"), n)
         if (isinstance(n.func, ast.Name) and n.func.id in _PURE_BUILTINS and not n.keywords
                 and n.args and all(is_const(a) for a in n.args)):
             try:
@@ -859,6 +861,7 @@ class _Simplify(ast.NodeTransformer):
 
     def visit_If(self, n: ast.If):
         self.generic_visit(n)
+        n.test = _neutral_tail(n.test)
         t = _truth(n.test)
         if t is not None:
             return (n.body if t else n.orelse) or [ast.Pass()]
@@ -866,6 +869,7 @@ class _Simplify(ast.NodeTransformer):
 
     def visit_While(self, n: ast.While):
         self.generic_visit(n)
+        n.test = _neutral_tail(n.test)
         if _truth(n.test) is False:
             return n.orelse or [ast.Pass()]
         return n
@@ -928,6 +932,16 @@ def _simple(e: ast.expr) -> bool:
     if isinstance(e, ast.UnaryOp):
         return _simple(e.operand)
     return False
+
+
+def _neutral_tail(test: ast.expr) -> ast.expr:
+    """A condition's `x and True` -> `x`, `x or False` -> `x` (only its truth matters)."""
+    if isinstance(test, ast.BoolOp) and len(test.values) > 1:
+        last = test.values[-1]
+        if is_const(last) and bool(const_value(last)) is isinstance(test.op, ast.And):
+            rest = test.values[:-1]
+            return _neutral_tail(rest[0] if len(rest) == 1 else ast.BoolOp(test.op, rest))
+    return test
 
 
 def _truth(test: ast.expr) -> bool | None:
