@@ -10,10 +10,10 @@ import torch
 
 from pgolf.config import ConfigError
 from pgolf.errors import WorkError
-from pgolf.eval.methods import CPU_EVAL_TOKENS, eval_token_cap
+from pgolf.eval.methods import CPU_EVAL_TOKENS, eval_token_cap, evaluate
 from pgolf.eval.phased import phase_bounds
 from pgolf.eval.plans import Window, doc_spans, docs_plan, plain_plan, plan_coverage, sliding_plan, split_plan
-from pgolf.eval.ttt_lora import attached_lora
+from pgolf.eval.ttt_lora import attached_lora, script_scoring
 
 from conftest import exit_child
 from eval_util import V, base_cfg, reference_plain, run_eval, tables, tiny_model
@@ -357,7 +357,7 @@ def test_lora_adam_settings_reach_the_optimizer(monkeypatch):
 
 
 def test_record_lora_init_and_scale():
-    from pgolf.eval.ttt_lora import attached_lora
+    from pgolf.eval.ttt_lora import attached_lora, script_scoring
 
     cfg = tiny_cfg()
     m = tiny_model(cfg)
@@ -394,3 +394,45 @@ def test_short_documents_are_scored_by_the_base_model():
     close(ttt, docs)  # no adapter (the record init is not the identity) and no step
     adapted = run_eval(m, toks, tiny_cfg("eval.lora_init=record", "eval.lora_chunk=8", "eval.seq_len=512"), "ttt-lora")
     assert abs(adapted["val_loss"] - docs["val_loss"]) > 1e-6
+
+
+@torch.no_grad()
+def stored_lora_script_reference(model, toks, chunk: int, min_doc: int) -> dict:
+    """swapp1990's TTT scoring loop written out as the stored script does it (lr 0: no step changes
+    the model): documents from each BOS, those under 5 tokens left out, short ones in one forward,
+    long ones in context-free chunks with one-target chunks skipped; the next BOS is no target."""
+    t = torch.as_tensor(np.asarray(toks, dtype=np.int64))
+    nbytes = tables().target_bytes(toks)
+    bos = np.flatnonzero(toks == 1).tolist()
+    total, n, nb = 0.0, 0, 0
+    for d, ds in enumerate(bos):
+        de = bos[d + 1] if d + 1 < len(bos) else len(toks)
+        dl = de - ds
+        if dl < 5:
+            continue
+        pieces = [(0, dl - 1)] if dl < min_doc else [(c, min(c + chunk, dl - 1)) for c in range(0, dl - 1, chunk)]
+        for c0, c1 in pieces:
+            if dl >= min_doc and c1 - c0 < 2:
+                continue
+            nll = model(t[None, ds + c0: ds + c1], t[None, ds + c0 + 1: ds + c1 + 1], reduction="none")
+            total += float(nll.double().sum())
+            n += c1 - c0
+            nb += int(nbytes[ds + c0: ds + c1].sum())
+    return {"val_loss": total / n, "tokens": n, "bytes": nb}
+
+
+def test_stored_lora_script_scoring_matches_its_loop():
+    # lr 0 and the identity init: every chunk is the base model on the chunk alone, as in the script
+    cfg = tiny_cfg("eval.lora_lr=0", "eval.lora_context=false", "eval.lora_chunk=16", "eval.lora_min_doc=10",
+                   "eval.lora_script_score=true")
+    m = tiny_model(cfg)
+    # tokens before the first BOS, a 3-token document, short ones, 34 and 50 tokens (a last chunk of
+    # one target), and the stream's last document with no closing BOS
+    toks = np.concatenate([[5, 6, 7], docs_stream([3, 7, 34, 40, 4, 9, 50], seed=3)])
+    out = evaluate(m, toks, tables().target_bytes(toks), cfg, "cpu", "ttt-lora", with_record=True)
+    got = script_scoring(out["record"], toks, tables().target_bytes(toks), cfg)
+    ref = stored_lora_script_reference(m, toks, 16, 10)
+    assert got["tokens"] == ref["tokens"] and got["bytes"] == ref["bytes"]
+    assert abs(got["val_loss"] - ref["val_loss"]) < 2e-5
+    assert got["val_bpb"] == pytest.approx(got["val_loss"] * got["tokens"] / math.log(2) / got["bytes"], rel=1e-12)
+    assert out["tokens"] == len(toks) - 1 > got["tokens"]  # the score itself keeps every target

@@ -385,6 +385,9 @@ class EvalConfig:
     lora_min_doc: int = knob(0, "documents with fewer tokens are scored by the base model, without TTT "
                              "(swapp1990's script: 32)")
     lora_batch_docs: int = knob(64, "documents adapted side by side")
+    lora_script_score: bool = knob(False, "also report the figure swapp1990's stored script prints (its documents of "
+                                   "5+ tokens, without their closing BOS, a 1-target last chunk skipped): labelled, "
+                                   "not challenge.md's val_bpb, which stays the score")
     phased_points: tuple[float, ...] = knob((0.5,), "phased TTT: global SGD after these fractions of the targets")
     phased_docs: tuple[int, ...] = knob((), "phased TTT: global SGD after these many documents of the queue "
                                         "instead (PR #1855: 833, 1666, 2500)")

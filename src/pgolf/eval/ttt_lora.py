@@ -12,6 +12,7 @@ import math
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from pgolf import runtime
 from pgolf.config import Config, EvalConfig, need
 from pgolf.eval.context import EvalContext, Method
 from pgolf.eval.plans import doc_spans, log_probs
-from pgolf.eval.scorer import Scorer
+from pgolf.eval.scorer import Scorer, ScoreRecord
 from pgolf.logs import bar
 
 # target name -> (submodule of a block, attribute)
@@ -234,6 +235,41 @@ def run_ttt_lora(ctx: EvalContext) -> dict:
     lora_score_docs(m, ctx.scorer, spans, ctx.cfg.eval, ctx.window, ctx.rank, ctx.world, ctx.autocast_dtype,
                     ctx.cfg.train.seed, ctx.desc("eval ttt-lora"))
     return {"docs": len(spans)}
+
+
+SCRIPT_MIN_DOC = 5  # swapp1990's script leaves out documents of fewer tokens (BOS included)
+SCRIPT_NOTE = "swapp1990's stored-script scoring (5+ token documents, no closing BOS; not challenge.md's val_bpb)"
+
+
+def script_targets(tokens: np.ndarray, chunk: int, min_doc: int, bos_id: int) -> np.ndarray:
+    """Which targets swapp1990's stored script scores (a bool per target): each document that starts
+    at a BOS and holds 5+ tokens, from its first token to its last (the next document's BOS is no
+    target there); a document of min_doc+ tokens goes in chunks of `chunk` targets and a last chunk of
+    one target is skipped. Tokens before the first BOS are no document there."""
+    tokens = np.asarray(tokens)
+    keep = np.zeros(max(len(tokens) - 1, 0), dtype=bool)
+    starts = np.flatnonzero(tokens == bos_id).tolist()
+    for lo, end in zip(starts, starts[1:] + [len(tokens)]):
+        n = end - lo - 1  # the document's next-token predictions
+        if n + 1 < SCRIPT_MIN_DOC:
+            continue
+        keep[lo: lo + n] = True
+        if n + 1 >= min_doc and chunk == 1:  # chunked, and every chunk holds one target
+            keep[lo: lo + n] = False
+        elif n + 1 >= min_doc and n % chunk == 1:  # the last chunk holds one target
+            keep[lo + n - 1] = False
+    return keep
+
+
+def script_scoring(record: ScoreRecord, tokens: np.ndarray, nbytes: np.ndarray, cfg: Config) -> dict:
+    """The stored script's figure over an evaluation's per-target NLLs: a comparison with its log,
+    not challenge.md's val_bpb (which scores every target)."""
+    keep = torch.as_tensor(script_targets(tokens, cfg.eval.lora_chunk, cfg.eval.lora_min_doc, cfg.model.bos_id))
+    nll = record.nll.double()[keep]
+    total, nb = float(nll.sum()), int(np.asarray(nbytes, dtype=np.int64)[keep.numpy()].sum())
+    n = int(keep.sum())
+    return {"val_bpb": total / math.log(2) / max(nb, 1), "val_loss": total / max(n, 1), "tokens": n,
+            "bytes": nb, "note": SCRIPT_NOTE}
 
 
 def check_lora(cfg: Config) -> None:

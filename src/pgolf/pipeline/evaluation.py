@@ -22,6 +22,7 @@ from pgolf.errors import ConfigError, InputError
 from pgolf.eval.artifact import TOKENIZER_SHA_KEY, is_artifact, load_artifact
 from pgolf.eval.audit import audit
 from pgolf.eval.methods import eval_token_cap, evaluate
+from pgolf.eval.ttt_lora import script_scoring
 from pgolf.logs import fmt_bpb, log
 from pgolf.model.gpt import GPT
 from pgolf.model.weights import build_from_state, load_metadata, load_tensors, recurrence_flag
@@ -105,12 +106,16 @@ def record_eval(rd: RunDir, result: dict, t: EvalTarget) -> dict:
                               "eval_method": result["method"], "eval_seconds": result["seconds"],
                               "eval_tokens": result["tokens"], "eval_bytes": result["bytes"],
                               "eval_subset": t.subset, "eval_full_split": t.full, "eval_source": "artifact",
-                              "eval_artifact_sha256": t.meta.get("sha256")})
+                              "eval_artifact_sha256": t.meta.get("sha256"),
+                              "script_scoring": result.get("script_scoring")})
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
     t = attach_data(load_target(args.path, args.overrides, args.method, args.max_tokens), args.data, args.tokenizer)
-    out = evaluate(t.model, t.tokens, t.nbytes, t.cfg, t.device, progress=not args.json)
+    out = evaluate(t.model, t.tokens, t.nbytes, t.cfg, t.device, progress=not args.json,
+                   with_record=t.cfg.eval.lora_script_score)
+    if t.cfg.eval.lora_script_score:
+        out["script_scoring"] = script_scoring(out.pop("record"), t.tokens, t.nbytes, t.cfg)
     out.update(source=t.source, subset=t.subset)
     if args.record:
         if t.rd is None:
@@ -139,6 +144,9 @@ def describe_eval(r: dict) -> str:
              f"/ {r['bytes']:,} bytes in {r['seconds']:.1f} s"]
     if r.get("subset"):
         lines.append(f"scored {r['subset']}")
+    if r.get("script_scoring"):
+        sc = r["script_scoring"]
+        lines.append(f"for comparison, {sc['note']}: val_bpb {fmt_bpb(sc['val_bpb'])} on {sc['tokens']:,} targets")
     if r.get("warning"):
         lines.append(f"warning: {r['warning']}")
     if r.get("summary"):

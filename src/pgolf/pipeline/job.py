@@ -24,6 +24,7 @@ from pgolf.errors import ConfigError, InputError, WorkError
 from pgolf.eval import methods
 from pgolf.eval.artifact import load_artifact
 from pgolf.eval.audit import audit
+from pgolf.eval.ttt_lora import script_scoring
 from pgolf.logs import fmt_bpb, fmt_seconds, log, log_file, plural, setup_console
 from pgolf.model.weights import RECURRENCE_KEY, save_tensors
 from pgolf.pipeline.data_prep import prepare_data
@@ -143,7 +144,11 @@ def score_artifact(cfg: Config, rd: RunDir, proc: runtime.Process, data: TrainDa
     keep = rng.choice(n_targets, size=min(AUDIT_KEEP, n_targets), replace=False)
     log.info(f"scoring the artifact ({acfg.eval.method}) on {subset}")
     result = methods.evaluate(model, data.final_tokens, data.final_bytes, acfg, proc.device, keep=keep,
-                              with_record=acfg.eval.audit, progress=progress)
+                              with_record=acfg.eval.audit or acfg.eval.lora_script_score, progress=progress)
+    script = None
+    if acfg.eval.lora_script_score:
+        script = script_scoring(result["record"], data.final_tokens, data.final_bytes, acfg)
+        log.info(f"for comparison, {script['note']}: val_bpb {fmt_bpb(script['val_bpb'])} on {script['tokens']:,} targets")
     plain = result if result["method"] == "plain" else methods.evaluate(
         model, data.final_tokens, data.final_bytes, acfg, proc.device, "plain", progress=progress)
     report = None
@@ -163,7 +168,7 @@ def score_artifact(cfg: Config, rd: RunDir, proc: runtime.Process, data: TrainDa
               "val_bpb_postquant_plain": plain["val_bpb"],
               "quant_gap": (plain["val_bpb"] - summary["val_bpb_prequant"]
                             if summary.get("val_bpb_prequant") is not None else None),
-              "audit_passed": None if report is None else report["passed"]}
+              "audit_passed": None if report is None else report["passed"], "script_scoring": script}
     if proc.is_main:
         summary = rd.update_summary(values)
     else:

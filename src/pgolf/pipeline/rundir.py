@@ -44,7 +44,7 @@ SUMMARY_KEYS = ("recipe", "seed", "params", "steps", "train_tokens", "train_seco
 # what a successful repack makes stale: the scores belonged to the previous artifact
 EVAL_KEYS = ("val_loss", "val_bpb", "eval_method", "eval_seconds", "eval_tokens", "eval_bytes", "eval_subset",
              "eval_source", "val_bpb_postquant_plain", "quant_gap", "audit_passed", "eval_artifact_sha256",
-             "eval_full_split")
+             "eval_full_split", "script_scoring")
 
 
 def git_commit() -> str | None:
