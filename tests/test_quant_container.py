@@ -16,7 +16,7 @@ from pgolf.eval.artifact import load_artifact
 from pgolf.quant.budget import serialize
 from pgolf.quant.codecs import (CODECS, CodecError, best_codec, byte_shuffle, byte_unshuffle, compress, decompress,
                                 pack_lowbit, unpack_lowbit)
-from pgolf.quant.container import (MAGIC, PLAIN_CODECS, Section, Storage, framing_bytes, parse_artifact,
+from pgolf.quant.container import (MAGIC, PLAIN_CODECS, Section, Storage, framing_bytes, parse_artifact, roles,
                                    serialize_artifact)
 from pgolf.quant.lqer import lowrank_factors
 from pgolf.quant.pergroup import l1_order, pergroup_storage, role_of
@@ -119,7 +119,7 @@ def test_container_roundtrip_bit_exact(codec, shuffle):
 
 def test_auto_codec_is_smallest():
     t = _tensors()
-    blob, _ = serialize(t, {}, {}, QuantConfig(), "auto")
+    blob, _ = serialize(t, {}, {}, QuantConfig(lqer_rank=4), "auto")  # (t holds LQER factors)
     assert len(blob) == min(len(serialize_artifact(t, {}, {}, c)) for c in PLAIN_CODECS)
 
 
@@ -138,6 +138,26 @@ def test_sections_row_orders_and_column_major_roundtrip():
     assert [s["codec"] for s in art.sections] == ["brotli", "ppmd"]
     with pytest.raises(ValueError, match="no section"):
         serialize_artifact(t, {}, {}, "brotli", True, Storage([Section("brotli", True, rest)]))
+
+
+def test_sections_decode_alike_in_parallel_or_in_turn():
+    t = _tensors()
+    storage = Storage([Section("brotli", True, [(n, r) for n in list(t)[:2] for r in roles(t[n])]),
+                       Section("zlib", False, [(n, r) for n in list(t)[2:] for r in roles(t[n])])])
+    blob = serialize_artifact(t, {}, {}, "brotli", True, storage)
+    for reorder in (True, False):  # the counted script's reader decodes sections one after another
+        art = parse_artifact(blob, lqer=True, reorder=reorder)
+        for k in t:
+            _assert_same(t[k], art.tensors[k])
+
+
+def test_a_writer_without_lqer_refuses_lqer_factors():
+    t = _tensors()
+    assert any(isinstance(v, QuantizedTensor) and v.lowrank is not None for v in t.values())
+    with pytest.raises(ValueError, match="LQER factors given to a writer without lqer"):
+        serialize_artifact(t, {}, {}, "zlib", lqer=False)
+    plain = {k: v for k, v in t.items() if not (isinstance(v, QuantizedTensor) and v.lowrank is not None)}
+    assert serialize_artifact(plain, {}, {}, "zlib", lqer=False) == serialize_artifact(plain, {}, {}, "zlib")
 
 
 def test_pergroup_groups_roles_and_roundtrips():

@@ -107,3 +107,45 @@ def test_pure_expressions():
     no = ["f(x)", "x.append(1)", "(y := 2)", "lambda: f()", "print(x)"]
     assert all(pure(ast.parse(e, mode="eval").body) for e in yes)
     assert not any(pure(ast.parse(e, mode="eval").body) for e in no)
+
+
+def test_pure_functions_and_what_a_loop_leaves_behind():
+    from pgolf.submit.prune import pure_functions
+    src = """
+def qmax(bits):
+    return (1 << bits - 1) - 1
+def twice(bits):
+    return 2 * qmax(bits)
+def noisy(x):
+    return print(x)
+def f(entries, bits):
+    qm = qmax(bits)
+    q2 = twice(bits)
+    n = noisy(bits)
+    for i, role in entries:
+        bits += i
+    for i, e in enumerate(entries):
+        pass
+    out = {e: i for i, e in entries}
+    return bits, out
+def g(entries):
+    for i in entries:
+        pass
+    return i
+def h(n):
+    i = n
+    for k in range(n):
+        pass
+    return [i for i in range(i)], lambda: k
+"""
+    tree = ast.parse(src)
+    assert pure_functions(tree) == {"qmax", "twice"}
+    drop_dead_code(tree)
+    f = next(n for n in tree.body if getattr(n, "name", "") == "f")
+    got = ast.unparse(f)
+    # pure calls unread go, an effect stays; the pass loop goes: only a comprehension (its own i, e)
+    # and an earlier loop read those names
+    assert "qm =" not in got and "q2 =" not in got and "n = noisy(bits)" in got and "enumerate" not in got
+    assert "for i in entries:" in ast.unparse(tree)  # g returns the loop variable: the loop stays
+    # a comprehension's first iterable is the enclosing scope's; a closure may read a loop variable
+    assert "i = n" in ast.unparse(tree) and "for k in range(n)" in ast.unparse(tree)

@@ -150,9 +150,11 @@ class GPT(nn.Module):
         n_skip = num_skips(len(order)) if self.skip_weights is not None else 0
         skips: list[torch.Tensor] = []
         lanes: tuple[torch.Tensor, torch.Tensor] | None = None
+        has_lanes = self.cfg.parallel_from >= 0  # (a switch: without lanes the counted script drops them)
         for pos, bi in enumerate(order):
             block = self.blocks[bi]
-            if block.parallel and lanes is None:
+            parallel = has_lanes and block.parallel
+            if parallel and lanes is None:
                 lanes = (x, x)
             if pos >= n_enc and skips and (pos - n_enc) < n_skip:
                 j = pos - n_enc
@@ -162,7 +164,7 @@ class GPT(nn.Module):
                 else:  # the skip feeds the attention lane only
                     lanes = (self._add_skip(lanes[0], skip, j), lanes[1])
             v_extra = self.value_embed.for_layer(ve, bi) if ve is not None else None
-            if block.parallel:
+            if parallel:
                 lanes = block.forward_lanes(lanes[0], lanes[1], x0, self.parallel_post_lambdas[bi],
                                             self.parallel_resid_lambdas[bi], mask, v_extra)
                 x = 0.5 * (lanes[0] + lanes[1])

@@ -110,9 +110,9 @@ def serialize(tensors: Mapping[str, object], model_config: dict, meta: dict, cfg
         storage, sections = pergroup_storage(tensors, cfg.pergroup_codecs, cfg.pergroup_sort, memo)
         return serialize_artifact(tensors, model_config, meta, codec, True, storage, memo), sections
     if codec == "auto":
-        return min((serialize_artifact(tensors, model_config, meta, c, cfg.byte_shuffle) for c in PLAIN_CODECS),
-                   key=len), []
-    return serialize_artifact(tensors, model_config, meta, codec, cfg.byte_shuffle), []
+        return min((serialize_artifact(tensors, model_config, meta, c, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0)
+                    for c in PLAIN_CODECS), key=len), []
+    return serialize_artifact(tensors, model_config, meta, codec, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0), []
 
 
 def pack_state(state_dict: Mapping[str, Tensor], model_config: dict, cfg: QuantConfig, code_bytes: int,

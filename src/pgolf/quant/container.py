@@ -101,22 +101,25 @@ def _int_arrays(qt: QuantizedTensor, prefix: str = "") -> dict[str, tuple[Tensor
     return {prefix + "q": (q, qt.bits), prefix + "s": (s, 0)}
 
 
-def _entry(name: str, t: Stored, storage: Storage) -> tuple[dict, dict[str, tuple[Tensor, int]]]:
-    """(header entry, role -> (tensor as stored, bits for packing or 0))."""
+def _entry(name: str, t: Stored, storage: Storage | None, lqer: bool) -> tuple[dict, dict[str, tuple[Tensor, int]]]:
+    """(header entry, role -> (tensor as stored, bits for packing or 0)). storage None: the plain
+    layout (no stored row or column orders); lqer False: a writer for tensors without LQER factors."""
     if isinstance(t, QuantizedTensor):
         e = {"name": name, "kind": "int", "bits": t.bits, "shape": list(t.q.shape), "dtype": _NAMES[t.dtype]}
         arrays = _int_arrays(t)
         q = arrays["q"][0]
-        if name in storage.perms:
+        if storage is not None and name in storage.perms:
             perm = torch.as_tensor(np.asarray(storage.perms[name]), dtype=torch.int64)
             q = q[perm]
             arrays["p"] = (perm.to(torch.int32), 0)
             e["rows"] = 1
-        if name in storage.columns:
+        if storage is not None and name in storage.columns:
             q = q.T
             e["cols"] = 1
         arrays["q"] = (q.contiguous(), t.bits)
-        if t.lowrank is not None:
+        if t.lowrank is not None and not lqer:
+            raise ValueError(f"{name}: LQER factors given to a writer without lqer")
+        if lqer and t.lowrank is not None:
             a, b = t.lowrank
             if a.asym:  # PR #1855's form: A int2, B int4 in groups (stored [r * in / g, g])
                 rank, group = int(a.q.shape[1]), int(b.q.shape[1])
@@ -150,20 +153,20 @@ def plain_storage(tensors: Mapping[str, Stored], codec: str, shuffle: bool) -> S
 
 def serialize_artifact(tensors: Mapping[str, Stored], config: dict, meta: dict, codec: str = "zlib",
                        byte_shuffle: bool = False, storage: Storage | None = None,
-                       compressed: dict | None = None) -> bytes:
+                       compressed: dict | None = None, lqer: bool = True) -> bytes:
     """The artifact as bytes. `storage` (sections, row orders, column-major tensors) overrides the
-    single-section default; `compressed` holds blobs already made, by (codec, sha256 of the raw section)."""
-    storage = storage or plain_storage(tensors, codec, byte_shuffle)
+    single-section default; `compressed` holds blobs already made, by (codec, sha256 of the raw section).
+    lqer False: no tensor has LQER factors (the counted script's writer then has no LQER code)."""
     index = {name: i for i, name in enumerate(tensors)}
     entries, arrays = [], []
     for name, t in tensors.items():
-        e, a = _entry(name, t, storage)
+        e, a = _entry(name, t, storage, lqer)
         entries.append(e)
         arrays.append(a)
     sha = hashlib.sha256()
     sections, blobs = [], []
     placed = set()
-    for sec in storage.sections:
+    for sec in (storage or plain_storage(tensors, codec, byte_shuffle)).sections:
         chunks = []
         for name, role in sec.arrays:
             t, bits = arrays[index[name]][role]
@@ -196,10 +199,9 @@ def framing_bytes(blob: bytes) -> int:
 
 def raw_arrays(tensors: Mapping[str, Stored], shuffle: bool = False) -> bytes:
     """The uncompressed, single-section array bytes of some tensors (per-group size estimates)."""
-    storage = plain_storage(tensors, "zlib", shuffle)
     out = []
     for name, t in tensors.items():
-        _, a = _entry(name, t, storage)
+        _, a = _entry(name, t, None, True)
         for role in roles(t):
             arr, bits = a[role]
             b = _array_bytes(arr, bits)
@@ -224,7 +226,8 @@ class Artifact:
 def parse_artifact(data: bytes, where: str = "artifact", lqer: bool = True, reorder: bool = True) -> Artifact:
     """Validate and decode artifact bytes. Any problem -> InputError('{where}: not a valid ...').
     lqer / reorder False: a reader for artifacts without LQER factors / stored row or column orders
-    (the counted script reads only its own kind); an entry that has them then fails the layout checks."""
+    (the counted script reads only its own kind; without reorder, sections decode one after another);
+    an entry that has them then fails the layout checks."""
     try:
         return _parse(bytes(data), lqer, reorder)
     except KeyError as e:
@@ -349,8 +352,11 @@ def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
         pos += size
     if pos != len(data):
         raise ValueError(f"{len(data) - pos} bytes after the last section (padded or concatenated)")
-    with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:  # codecs release the GIL
-        raws = list(pool.map(lambda j: decompress(*j), jobs))
+    if reorder and len(jobs) > 1:  # a per-group artifact's sections in parallel (codecs release the GIL)
+        with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+            raws = list(pool.map(lambda j: decompress(*j), jobs))
+    else:
+        raws = [decompress(*j) for j in jobs]
     for k, (sec, raw) in enumerate(zip(header["sections"], raws)):
         raw_len = len(raw)
         off = 0

@@ -132,6 +132,7 @@ class Specializer:
             self._propagate_locals()
             self._propagate_globals()
             self._propagate_attributes()
+            self._propagate_fields()
             self._propagate_arguments()
             self._inline_constant_functions()
             self._drop_idle_calls()
@@ -339,11 +340,18 @@ class Specializer:
                 if isinstance(n, (ast.Global, ast.Nonlocal)):
                     for name in n.names:
                         assigned[name] += 99
-            for n in fn.body:  # straight-line, top-level assignments only
+            # a name whose every assignment, at any depth of the function's own blocks (not nested
+            # scopes), is the same constant: a read that runs after one sees it (one before would fail)
+            seen: dict[str, set[str]] = defaultdict(set)
+            count: Counter = Counter()
+            for n in _own_statements(fn):
                 if isinstance(n, ast.Assign) and len(n.targets) == 1:
                     for t, v in self._pairs(n.targets[0], n.value):
-                        if isinstance(t, ast.Name) and assigned[t.id] == 1 and is_const(v):
+                        if isinstance(t, ast.Name):
+                            count[t.id] += 1
+                            seen[t.id].add(ast.dump(v) if is_const(v) else "?")
                             values[t.id] = v
+            values = {k: v for k, v in values.items() if count[k] == assigned[k] and seen[k] == {ast.dump(v)}}
             args = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
             values = {k: v for k, v in values.items() if k not in args}
             if not values:
@@ -358,8 +366,11 @@ class Specializer:
             for stmt in fn.body:
                 Sub().visit(stmt)
             read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-            fn.body = [st for st in fn.body if not (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(
-                st.targets[0], ast.Name) and st.targets[0].id in values and st.targets[0].id not in read)] or [ast.Pass()]
+            for owner, field in _own_blocks(fn):
+                block = getattr(owner, field)
+                setattr(owner, field, [st for st in block if not (
+                    isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name)
+                    and st.targets[0].id in values and st.targets[0].id not in read)] or [ast.Pass()])
 
     def _propagate_globals(self) -> None:
         """`NAME = <constant>` at module level, bound nowhere else: its reads become the constant
@@ -412,20 +423,66 @@ class Specializer:
         if not consts:
             return
         for fn, cls in list(self._functions()):
-            me = _self(fn)
-            mine = {a: v for (c, a), v in consts.items() if c == cls}
-            if not mine:
+            receivers = {_self(fn): {a: v for (c, a), v in consts.items() if c == cls}} if cls else {}
+            # a parameter annotated with a class without subclasses reads the same constants
+            for arg in fn.args.args + fn.args.kwonlyargs:
+                name = getattr(arg.annotation, "id", None)
+                if name and self._subclasses(name) == {name} and not any(
+                        isinstance(n, ast.Name) and n.id == arg.arg and isinstance(n.ctx, ast.Store) for n in ast.walk(fn)):
+                    receivers.setdefault(arg.arg, {a: v for (c, a), v in consts.items() if c == name})
+            receivers = {k: v for k, v in receivers.items() if v}
+            if receivers:
+                _AttrConsts(receivers).visit(fn)
+
+    def _propagate_fields(self) -> None:
+        """A dataclass field that every construction gives the same constant (passed, or its constant
+        default) and nothing stores: reads of `self.field` in the class's own methods. Only for a class
+        without bases or subclasses whose name is used for nothing but constructing it."""
+        own, other = self._attr_stores()
+        skip = {id(x) for a in _annotations(self.tree) for x in ast.walk(a)}
+        replaced = {k.arg for n in ast.walk(self.tree) if isinstance(n, ast.Call) and
+                    (getattr(n.func, "id", None) == "replace" or getattr(n.func, "attr", None) == "replace")
+                    for k in n.keywords}  # dataclasses.replace(x, field=...) makes instances too
+        for node in self.tree.body:
+            if not (isinstance(node, ast.ClassDef) and _plain_dataclass(node) and self._subclasses(node.name) == {node.name}):
                 continue
-
-            class Sub(ast.NodeTransformer):
-                def visit_Attribute(self, n: ast.Attribute):
-                    if (isinstance(n.ctx, ast.Load) and isinstance(n.value, ast.Name) and n.value.id == me
-                            and n.attr in mine):
-                        return ast.copy_location(copy_tree(mine[n.attr]), n)
-                    self.generic_visit(n)
-                    return n
-
-            Sub().visit(fn)
+            fields = [(f.target.id, f.value) for f in node.body
+                      if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)]
+            sites, allowed = [], set()
+            factories = {m.name for m in node.body if isinstance(m, ast.FunctionDef)
+                         and any(getattr(d, "id", None) == "classmethod" for d in m.decorator_list)}
+            for m in node.body:  # cls(...) in a classmethod constructs it too
+                if isinstance(m, ast.FunctionDef) and m.name in factories:
+                    sites += [c for c in ast.walk(m) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == _self(m)]
+            for n in ast.walk(self.tree):
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == node.name:
+                    sites.append(n)
+                    allowed.add(id(n.func))
+                elif isinstance(n, ast.Attribute) and n.attr in factories and getattr(n.value, "id", None) == node.name:
+                    allowed.add(id(n.value))
+            if not sites or any(isinstance(n, ast.Name) and n.id == node.name and id(n) not in skip | allowed
+                                for n in ast.walk(self.tree)):
+                continue  # the class is passed around as a value: instances may come from elsewhere
+            consts: dict[str, ast.expr] = {}
+            for i, (f, default) in enumerate(fields):
+                if own[(node.name, f)] or other[f] or f in replaced:
+                    continue
+                seen = set()
+                for c in sites:
+                    if any(isinstance(a, ast.Starred) for a in c.args) or any(k.arg is None for k in c.keywords):
+                        seen.add("?")
+                        break
+                    v = c.args[i] if i < len(c.args) else next((k.value for k in c.keywords if k.arg == f), default)
+                    seen.add(ast.dump(v) if v is not None and is_const(v) else "?")
+                    consts[f] = v
+                if len(seen) != 1 or "?" in seen:
+                    consts.pop(f, None)
+            if not consts:
+                continue
+            for m in node.body:
+                if isinstance(m, ast.FunctionDef) and not any(
+                        getattr(d, "id", None) in ("classmethod", "staticmethod") for d in m.decorator_list):
+                    _AttrConsts({_self(m): consts}).visit(m)
 
     def _inline_constant_functions(self) -> None:
         """A function whose body is `return <constant>`: its calls with simple arguments are that constant."""
@@ -434,18 +491,29 @@ class Specializer:
             if isinstance(n, ast.FunctionDef) and len(n.body) == 1 and isinstance(n.body[0], ast.Return) and (
                     n.body[0].value is None or is_const(n.body[0].value)) and not n.decorator_list:
                 consts[n.name] = n.body[0].value or ast.Constant(None)
-        # a method `def m(self): return <constant>` defined by one class only: `self.m()` in that class
+        # a method `def m(self, ...): return <constant>` defined by one class only: `self.m(...)` in that
+        # class, and `x.m(...)` where x is a parameter annotated with that class
         defs = Counter(m.name for c in self.tree.body if isinstance(c, ast.ClassDef) for m in c.body
                        if isinstance(m, ast.FunctionDef))
+        by_class: dict[str, dict[str, ast.expr]] = {}
         for c in self.tree.body:
             if not isinstance(c, ast.ClassDef):
                 continue
             own = {m.name: m.body[0].value or ast.Constant(None) for m in c.body
                    if isinstance(m, ast.FunctionDef) and defs[m.name] == 1 and not m.decorator_list
-                   and [a.arg for a in m.args.args] == ["self"] and len(m.body) == 1
-                   and isinstance(m.body[0], ast.Return) and (m.body[0].value is None or is_const(m.body[0].value))}
+                   and m.args.args and m.args.args[0].arg == "self" and not (m.args.vararg or m.args.kwarg)
+                   and len(m.body) == 1 and isinstance(m.body[0], ast.Return)
+                   and (m.body[0].value is None or is_const(m.body[0].value))}
             if own:
                 _SelfConstCalls(own).visit(c)
+                if self._subclasses(c.name) == {c.name}:
+                    by_class[c.name] = own
+        for fn, _ in list(self._functions()):
+            typed = {a.arg: by_class[a.annotation.id] for a in fn.args.args + fn.args.kwonlyargs
+                     if isinstance(a.annotation, ast.Name) and a.annotation.id in by_class}
+            for arg, own in typed.items():
+                if not any(isinstance(n, ast.Name) and n.id == arg and isinstance(n.ctx, ast.Store) for n in ast.walk(fn)):
+                    _SelfConstCalls(own, arg).visit(fn)
         if not consts:
             return
 
@@ -510,15 +578,16 @@ class Specializer:
             elif isinstance(n, ast.Name) and n.id in funcs and isinstance(n.ctx, ast.Load) and id(n) not in skip:
                 uses[n.id] += 1
         ok = {k: f for k, f in funcs.items() if calls.get(k) and uses[k] == len(calls[k]) and k not in self.keep_params
-              and not (f.args.vararg or f.args.kwarg or f.args.posonlyargs or f.decorator_list)}
+              and not (f.args.vararg or f.args.kwarg or f.args.posonlyargs) and _plain_signature(f)}
         return ok, calls
 
     def _drop_unused_parameters(self) -> None:
         """A parameter the body never reads (after folding) leaves the signature and every call, when
         each call passes it as a side-effect-free expression."""
         funcs, calls = self._direct_calls()
-        for name, fn in funcs.items():
-            is_init = fn.name == "__init__" and name != "__init__"
+        targets = [(fn, calls[name], fn.name == "__init__" and name != "__init__") for name, fn in funcs.items()]
+        targets += [(fn, sites, True) for fn, sites in self._self_only_methods()]
+        for fn, sites, is_init in targets:  # is_init: the first parameter (self) is no call argument
             read = {n.id for st in fn.body for n in ast.walk(st) if isinstance(n, ast.Name)}
             read |= {n.id for d in [*fn.args.defaults, *fn.args.kw_defaults] if d is not None for n in ast.walk(d)
                      if isinstance(n, ast.Name)}
@@ -527,7 +596,6 @@ class Specializer:
                 if p in read:
                     continue
                 i = positional.index(p) if p in positional else None
-                sites = calls[name]
                 if any(any(isinstance(x, ast.Starred) for x in c.args) or any(k.arg is None for k in c.keywords)
                        for c in sites):
                     break
@@ -596,14 +664,15 @@ class Specializer:
         for n in ast.walk(self.tree):
             if isinstance(n, ast.Name) and n.id in funcs and isinstance(n.ctx, ast.Load) and id(n) not in skip:
                 other_uses[n.id] += 1
-        for name, fn in funcs.items():
-            sites = calls.get(name, [])
-            if not sites or other_uses[name] != len(sites):  # passed around as a value: leave it
-                continue
+        targets = [(fn, calls.get(name, []), name in inits) for name, fn in funcs.items()
+                   if calls.get(name) and other_uses[name] == len(calls[name])  # else passed around as a value
+                   and name not in self.keep_params]
+        targets += [(fn, sites, True) for fn, sites in self._self_only_methods()]
+        for fn, sites, method in targets:
             a = fn.args
-            if a.vararg or a.kwarg or a.posonlyargs or name in self.keep_params:
+            if a.vararg or a.kwarg or a.posonlyargs:
                 continue
-            positional = [p.arg for p in a.args][1:] if name in inits else [p.arg for p in a.args]
+            positional = [p.arg for p in a.args][1:] if method else [p.arg for p in a.args]
             params = positional + [p.arg for p in a.kwonlyargs]
             defaults = dict(zip([p.arg for p in a.args][len(a.args) - len(a.defaults):], a.defaults))
             defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
@@ -643,6 +712,28 @@ class Specializer:
 
             for stmt in fn.body:
                 Sub().visit(stmt)
+
+    def _self_only_methods(self) -> list[tuple[ast.FunctionDef, list[ast.Call]]]:
+        """(method, its calls) for plain methods of a class without bases or subclasses that only that
+        class's own `self.m(...)` calls reach (no other reference to `.m` in the program)."""
+        refs: Counter = Counter(n.attr for n in ast.walk(self.tree) if isinstance(n, ast.Attribute))
+        named = {n.value for n in ast.walk(self.tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        out = []
+        for c in self.tree.body:
+            if not (isinstance(c, ast.ClassDef) and not c.bases and self._subclasses(c.name) == {c.name}):
+                continue
+            methods = {m.name: m for m in c.body if isinstance(m, ast.FunctionDef) and _plain_signature(m)
+                       and not m.name.startswith("__") and m.args.args and m.name not in named}  # (getattr)
+            sites: dict[str, list[ast.Call]] = defaultdict(list)
+            for m in c.body:
+                if isinstance(m, ast.FunctionDef):
+                    me = _self(m)
+                    for n in ast.walk(m):
+                        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in methods \
+                                and isinstance(n.func.value, ast.Name) and n.func.value.id == me:
+                            sites[n.func.attr].append(n)
+            out += [(methods[k], v) for k, v in sites.items() if refs[k] == len(v)]
+        return out
 
     # -- what is left ----------------------------------------------------------------------------
     def drop_sections(self) -> None:
@@ -688,18 +779,92 @@ class Specializer:
 
 
 class _SelfConstCalls(ast.NodeTransformer):
-    """`self.m()` -> the constant m returns (m: a method of this class)."""
+    """`self.m(<simple arguments>)` -> the constant m returns (m: a method of this class; `me` names
+    the receiver)."""
 
-    def __init__(self, consts: dict[str, ast.expr]):
-        self.consts = consts
+    def __init__(self, consts: dict[str, ast.expr], me: str = "self"):
+        self.consts, self.me = consts, me
 
     def visit_Call(self, c: ast.Call):
         self.generic_visit(c)
         f = c.func
-        if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self"
-                and f.attr in self.consts and not c.args and not c.keywords):
+        if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == self.me
+                and f.attr in self.consts and all(_simple(a) for a in [*c.args, *[k.value for k in c.keywords]])):
             return ast.copy_location(copy_tree(self.consts[f.attr]), c)
         return c
+
+
+class _AttrConsts(ast.NodeTransformer):
+    """Reads of `x.attr`: the constant for that receiver name and attr."""
+
+    def __init__(self, receivers: dict[str, dict[str, ast.expr]]):
+        self.receivers = receivers
+
+    def visit_Attribute(self, n: ast.Attribute):
+        if isinstance(n.ctx, ast.Load) and isinstance(n.value, ast.Name) and n.attr in self.receivers.get(n.value.id, {}):
+            return ast.copy_location(copy_tree(self.receivers[n.value.id][n.attr]), n)
+        self.generic_visit(n)
+        return n
+
+
+class _LoopConstTests(ast.NodeTransformer):
+    """`t == c`, `t != c`, `t in <constants>` over a loop variable t whose values are all known: the
+    constant result when every value gives the same one."""
+
+    def __init__(self, name: str, values: list):
+        self.name, self.values = name, values
+
+    def visit_Compare(self, n: ast.Compare):
+        self.generic_visit(n)
+        if not (isinstance(n.left, ast.Name) and n.left.id == self.name and len(n.ops) == 1
+                and type(n.ops[0]) in _CMP and is_const(n.comparators[0])):
+            return n
+        op, other = _CMP[type(n.ops[0])], const_value(n.comparators[0])
+        try:
+            results = {bool(op(v, other)) for v in self.values}
+        except TypeError:
+            return n
+        return ast.copy_location(ast.Constant(results.pop()), n) if len(results) == 1 else n
+
+
+# decorators that keep a function's signature and pass its calls' arguments through as they are
+PLAIN_DECORATORS = ("torch.no_grad()", "torch.inference_mode()", "torch.enable_grad()", "contextmanager")
+
+
+def _plain_signature(fn: ast.FunctionDef) -> bool:
+    return all(ast.unparse(d) in PLAIN_DECORATORS for d in fn.decorator_list)
+
+
+def _own_blocks(fn: ast.FunctionDef):
+    """(node, field) for every statement list of a function's own scope (nested scopes left out)."""
+    todo: list[ast.AST] = [fn]
+    while todo:
+        n = todo.pop()
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            block = getattr(n, field, None)
+            if isinstance(block, list) and block:
+                if field in ("body", "orelse", "finalbody"):
+                    yield n, field
+                todo += [s for s in block if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+def _own_statements(fn: ast.FunctionDef) -> list[ast.stmt]:
+    return [s for owner, field in _own_blocks(fn) for s in getattr(owner, field)]
+
+
+def _plain_dataclass(node: ast.ClassDef) -> bool:
+    """A dataclass without bases whose annotated fields are its constructor's parameters, in order (no
+    own __init__ / __post_init__, no ClassVar / InitVar / KW_ONLY, no field(init=False))."""
+    if node.bases or not any(getattr(d.func if isinstance(d, ast.Call) else d, "id", None) == "dataclass"
+                             for d in node.decorator_list):
+        return False
+    for f in node.body:
+        if isinstance(f, ast.FunctionDef) and f.name in ("__init__", "__post_init__"):
+            return False
+        if isinstance(f, ast.AnnAssign) and (any(w in ast.unparse(f.annotation) for w in ("ClassVar", "InitVar", "KW_ONLY"))
+                                             or isinstance(f.value, ast.Call) and any(k.arg == "init" for k in f.value.keywords)):
+            return False
+    return True
 
 
 def _is_super_init(c: ast.AST) -> bool:
@@ -865,6 +1030,16 @@ class _Simplify(ast.NodeTransformer):
         t = _truth(n.test)
         if t is not None:
             return (n.body if t else n.orelse) or [ast.Pass()]
+        return n
+
+    def visit_For(self, n: ast.For):
+        # `for t in (<constants>)`: a test on t that every element answers alike is that answer
+        if isinstance(n.target, ast.Name) and isinstance(n.iter, (ast.Tuple, ast.List)) and n.iter.elts \
+                and all(isinstance(e, ast.Constant) for e in n.iter.elts) and not any(
+                isinstance(x, ast.Name) and x.id == n.target.id and isinstance(x.ctx, ast.Store) for b in n.body
+                for x in ast.walk(b)):
+            n.body = [_LoopConstTests(n.target.id, [e.value for e in n.iter.elts]).visit(b) for b in n.body]
+        self.generic_visit(n)
         return n
 
     def visit_While(self, n: ast.While):
