@@ -422,14 +422,17 @@ class Specializer:
                                 consts[(sub, t.attr)] = v
         if not consts:
             return
+        classes = {c for c, _ in consts}
         for fn, cls in list(self._functions()):
             receivers = {_self(fn): {a: v for (c, a), v in consts.items() if c == cls}} if cls else {}
             # a parameter annotated with a class without subclasses reads the same constants
-            for arg in fn.args.args + fn.args.kwonlyargs:
-                name = getattr(arg.annotation, "id", None)
-                if name and self._subclasses(name) == {name} and not any(
-                        isinstance(n, ast.Name) and n.id == arg.arg and isinstance(n.ctx, ast.Store) for n in ast.walk(fn)):
-                    receivers.setdefault(arg.arg, {a: v for (c, a), v in consts.items() if c == name})
+            typed = {a.arg: a.annotation.id for a in fn.args.args + fn.args.kwonlyargs
+                     if isinstance(a.annotation, ast.Name) and a.annotation.id in classes}
+            if typed:
+                stored = _stored_names(fn)
+                for arg, name in typed.items():
+                    if arg not in stored and self._subclasses(name) == {name}:
+                        receivers.setdefault(arg, {a: v for (c, a), v in consts.items() if c == name})
             receivers = {k: v for k, v in receivers.items() if v}
             if receivers:
                 _AttrConsts(receivers).visit(fn)
@@ -440,9 +443,20 @@ class Specializer:
         without bases or subclasses whose name is used for nothing but constructing it."""
         own, other = self._attr_stores()
         skip = {id(x) for a in _annotations(self.tree) for x in ast.walk(a)}
-        replaced = {k.arg for n in ast.walk(self.tree) if isinstance(n, ast.Call) and
-                    (getattr(n.func, "id", None) == "replace" or getattr(n.func, "attr", None) == "replace")
-                    for k in n.keywords}  # dataclasses.replace(x, field=...) makes instances too
+        calls: dict[str, list[ast.Call]] = defaultdict(list)  # by the called name
+        names: dict[str, list[ast.Name]] = defaultdict(list)  # loads by name, annotations left out
+        factory_refs: dict[tuple[str, str], list[ast.Name]] = defaultdict(list)  # Name.attr -> the Name
+        replaced = set()  # dataclasses.replace(x, field=...) makes instances too
+        for n in ast.walk(self.tree):
+            if isinstance(n, ast.Call):
+                if isinstance(n.func, ast.Name):
+                    calls[n.func.id].append(n)
+                if getattr(n.func, "id", None) == "replace" or getattr(n.func, "attr", None) == "replace":
+                    replaced |= {k.arg for k in n.keywords}
+            elif isinstance(n, ast.Name) and id(n) not in skip:
+                names[n.id].append(n)
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
+                factory_refs[(n.value.id, n.attr)].append(n.value)
         for node in self.tree.body:
             if not (isinstance(node, ast.ClassDef) and _plain_dataclass(node) and self._subclasses(node.name) == {node.name}):
                 continue
@@ -454,14 +468,12 @@ class Specializer:
             for m in node.body:  # cls(...) in a classmethod constructs it too
                 if isinstance(m, ast.FunctionDef) and m.name in factories:
                     sites += [c for c in ast.walk(m) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == _self(m)]
-            for n in ast.walk(self.tree):
-                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == node.name:
-                    sites.append(n)
-                    allowed.add(id(n.func))
-                elif isinstance(n, ast.Attribute) and n.attr in factories and getattr(n.value, "id", None) == node.name:
-                    allowed.add(id(n.value))
-            if not sites or any(isinstance(n, ast.Name) and n.id == node.name and id(n) not in skip | allowed
-                                for n in ast.walk(self.tree)):
+            for c in calls.get(node.name, []):
+                sites.append(c)
+                allowed.add(id(c.func))
+            for f in factories:
+                allowed |= {id(x) for x in factory_refs.get((node.name, f), [])}
+            if not sites or any(id(n) not in allowed for n in names.get(node.name, [])):
                 continue  # the class is passed around as a value: instances may come from elsewhere
             consts: dict[str, ast.expr] = {}
             for i, (f, default) in enumerate(fields):
@@ -511,8 +523,9 @@ class Specializer:
         for fn, _ in list(self._functions()):
             typed = {a.arg: by_class[a.annotation.id] for a in fn.args.args + fn.args.kwonlyargs
                      if isinstance(a.annotation, ast.Name) and a.annotation.id in by_class}
+            stored = _stored_names(fn) if typed else set()
             for arg, own in typed.items():
-                if not any(isinstance(n, ast.Name) and n.id == arg and isinstance(n.ctx, ast.Store) for n in ast.walk(fn)):
+                if arg not in stored:
                     _SelfConstCalls(own, arg).visit(fn)
         if not consts:
             return
@@ -716,8 +729,13 @@ class Specializer:
     def _self_only_methods(self) -> list[tuple[ast.FunctionDef, list[ast.Call]]]:
         """(method, its calls) for plain methods of a class without bases or subclasses that only that
         class's own `self.m(...)` calls reach (no other reference to `.m` in the program)."""
-        refs: Counter = Counter(n.attr for n in ast.walk(self.tree) if isinstance(n, ast.Attribute))
-        named = {n.value for n in ast.walk(self.tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        refs: Counter = Counter()
+        named = set()
+        for n in ast.walk(self.tree):
+            if isinstance(n, ast.Attribute):
+                refs[n.attr] += 1
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                named.add(n.value)
         out = []
         for c in self.tree.body:
             if not (isinstance(c, ast.ClassDef) and not c.bases and self._subclasses(c.name) == {c.name}):
@@ -833,6 +851,10 @@ PLAIN_DECORATORS = ("torch.no_grad()", "torch.inference_mode()", "torch.enable_g
 
 def _plain_signature(fn: ast.FunctionDef) -> bool:
     return all(ast.unparse(d) in PLAIN_DECORATORS for d in fn.decorator_list)
+
+
+def _stored_names(fn: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 def _own_blocks(fn: ast.FunctionDef):
