@@ -426,13 +426,9 @@ class Specializer:
         for fn, cls in list(self._functions()):
             receivers = {_self(fn): {a: v for (c, a), v in consts.items() if c == cls}} if cls else {}
             # a parameter annotated with a class without subclasses reads the same constants
-            typed = {a.arg: a.annotation.id for a in fn.args.args + fn.args.kwonlyargs
-                     if isinstance(a.annotation, ast.Name) and a.annotation.id in classes}
-            if typed:
-                stored = _stored_names(fn)
-                for arg, name in typed.items():
-                    if arg not in stored and self._subclasses(name) == {name}:
-                        receivers.setdefault(arg, {a: v for (c, a), v in consts.items() if c == name})
+            for arg, name in _typed_params(fn, classes).items():
+                if self._subclasses(name) == {name}:
+                    receivers.setdefault(arg, {a: v for (c, a), v in consts.items() if c == name})
             receivers = {k: v for k, v in receivers.items() if v}
             if receivers:
                 _AttrConsts(receivers).visit(fn)
@@ -521,12 +517,8 @@ class Specializer:
                 if self._subclasses(c.name) == {c.name}:
                     by_class[c.name] = own
         for fn, _ in list(self._functions()):
-            typed = {a.arg: by_class[a.annotation.id] for a in fn.args.args + fn.args.kwonlyargs
-                     if isinstance(a.annotation, ast.Name) and a.annotation.id in by_class}
-            stored = _stored_names(fn) if typed else set()
-            for arg, own in typed.items():
-                if arg not in stored:
-                    _SelfConstCalls(own, arg).visit(fn)
+            for arg, name in _typed_params(fn, set(by_class)).items():
+                _SelfConstCalls(by_class[name], arg).visit(fn)
         if not consts:
             return
 
@@ -853,8 +845,14 @@ def _plain_signature(fn: ast.FunctionDef) -> bool:
     return all(ast.unparse(d) in PLAIN_DECORATORS for d in fn.decorator_list)
 
 
-def _stored_names(fn: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+def _typed_params(fn: ast.FunctionDef, classes: set[str]) -> dict[str, str]:
+    """parameter -> class, for the parameters annotated with one of `classes` that fn never rebinds."""
+    typed = {a.arg: a.annotation.id for a in fn.args.args + fn.args.kwonlyargs
+             if isinstance(a.annotation, ast.Name) and a.annotation.id in classes}
+    if typed:
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        typed = {k: v for k, v in typed.items() if k not in stored}
+    return typed
 
 
 def _own_blocks(fn: ast.FunctionDef):
