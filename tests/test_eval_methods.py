@@ -436,3 +436,20 @@ def test_stored_lora_script_scoring_matches_its_loop():
     assert abs(got["val_loss"] - ref["val_loss"]) < 2e-5
     assert got["val_bpb"] == pytest.approx(got["val_loss"] * got["tokens"] / math.log(2) / got["bytes"], rel=1e-12)
     assert out["tokens"] == len(toks) - 1 > got["tokens"]  # the score itself keeps every target
+
+
+def test_kept_distributions_are_a_toolkit_diagnostic(monkeypatch):
+    """Every toolkit evaluation keeps a few distributions (the audit reads them, the normalization
+    warning checks them); the counted script (DETAIL off) keeps none and scores the same."""
+    from pgolf.eval import methods
+    from pgolf.eval.methods import KEEP
+    cfg = tiny_cfg()
+    m, toks = tiny_model(cfg), stream()
+    nbytes = tables().target_bytes(toks)
+    with_kept = evaluate(m, toks, nbytes, cfg, "cpu", "plain", with_record=True)
+    rows = with_kept["record"].kept
+    assert rows.shape == (KEEP, V) and torch.allclose(rows.double().exp().sum(1), torch.ones(KEEP, dtype=torch.float64))
+    monkeypatch.setattr(methods, "DETAIL", False)
+    without = evaluate(m, toks, nbytes, cfg, "cpu", "plain", with_record=True)
+    assert without["record"].kept.shape == (0, V) and without["record"].kept_positions.numel() == 0
+    assert without["val_bpb"] == with_kept["val_bpb"] and "warning_normalization" not in without

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import QuantConfig
+from pgolf.config import QuantConfig, QuantGroup
 from pgolf.errors import InputError
 from pgolf.eval.artifact import load_artifact
 from pgolf.quant.budget import serialize
@@ -158,6 +158,18 @@ def test_a_writer_without_lqer_refuses_lqer_factors():
         serialize_artifact(t, {}, {}, "zlib", lqer=False)
     plain = {k: v for k, v in t.items() if not (isinstance(v, QuantizedTensor) and v.lowrank is not None)}
     assert serialize_artifact(plain, {}, {}, "zlib", lqer=False) == serialize_artifact(plain, {}, {}, "zlib")
+
+
+def test_a_reader_and_writer_without_low_bits_agree_on_wider_arrays():
+    t = {k: v for k, v in _tensors().items() if k != "blocks.0.attn.c_q.weight"}  # 6-bit and floats only
+    blob = serialize_artifact(t, {}, {}, "zlib", lqer=False, lowbit=False)
+    assert blob == serialize_artifact(t, {}, {}, "zlib")  # nothing of 4 bits or fewer: the same bytes
+    for lowbit in (False, True):
+        art = parse_artifact(blob, lqer=False, reorder=False, lowbit=lowbit)
+        for k in t:
+            _assert_same(t[k], art.tensors[k])
+    assert not QuantConfig().packs_low_bits and QuantConfig(lqer_rank=2).packs_low_bits
+    assert QuantConfig(groups=(QuantGroup(pattern="blocks.*", bits=4), QuantGroup())).packs_low_bits
 
 
 def test_pergroup_groups_roles_and_roundtrips():

@@ -149,3 +149,87 @@ def h(n):
     assert "for i in entries:" in ast.unparse(tree)  # g returns the loop variable: the loop stays
     # a comprehension's first iterable is the enclosing scope's; a closure may read a loop variable
     assert "i = n" in ast.unparse(tree) and "for k in range(n)" in ast.unparse(tree)
+
+
+ATTRS = """
+from dataclasses import dataclass, field
+import torch
+
+@dataclass
+class State:
+    step: int = 0
+    unused: int = 3
+    pinned: int = 1
+    label: str = 'x'
+    extra: dict = field(default_factory=dict)
+
+@dataclass
+class Plan:
+    kind: str
+    group: str
+    bits: int = 0
+
+    @classmethod
+    def make(cls, kind):
+        return cls(kind, f'{kind} group', bits=8)
+
+class Trainer:
+    def __init__(self, n):
+        self.n = n
+        self.resume, self.progress = False, n
+        self.metrics = None
+        self.counter = 0
+        self.named = 1
+
+    def run(self):
+        self.counter += 1
+        return self.n + getattr(self, 'named') + self.progress
+
+class Layer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flag = True  # a library class: its attributes stay
+
+def helper(x):
+    def unused(y=2):
+        return y
+    def used():
+        return x
+    return used()
+
+def main():
+    s = State(5)
+    s.pinned = 2
+    p = Plan('int', 'int grp')
+    q = Plan.make('fp16')
+    return s.step, s.pinned, p.kind, p.bits, q.kind, q.bits, Trainer(4).run(), helper(3), Layer().flag
+"""
+
+
+def test_dead_attributes_and_fields_go_their_constructions_with_them():
+    from pgolf.submit.prune import drop_dead_attributes
+    before = ast.parse(ATTRS)
+    tree = ast.parse(ATTRS)
+    n = drop_dead_attributes(tree)
+    drop_dead_code(tree)
+    out = ast.unparse(tree)
+    for gone in ("unused: int", "label: str", "extra: dict", "group: str", "self.resume", "self.metrics",
+                 "self.counter", "'int grp'", "{kind} group", "def unused"):
+        assert gone not in out, gone
+    for kept in ("pinned: int", "self.progress = n", "self.named = 1", "self.flag = True", "bits: int", "def used"):
+        assert kept in out, kept
+    assert n == 8  # resume, metrics, counter twice (store and +=), State.unused/label/extra, Plan.group
+
+    def run(t):
+        g: dict = {}
+        exec(compile(t, "prog", "exec"), g)
+        return g["main"]()
+    assert run(tree) == run(before)
+
+
+def test_a_dataclass_used_as_a_value_keeps_its_fields():
+    from pgolf.submit.prune import drop_dead_attributes
+    src = ATTRS.replace("    s = State(5)\n", "    make = State\n    s = make(5)\n")
+    tree = ast.parse(src)
+    drop_dead_attributes(tree)
+    assert "unused: int" in ast.unparse(tree)  # constructions out of sight

@@ -46,7 +46,7 @@ Codec = Literal["zlib", "zstd", "lzma", "brotli", "auto", "pergroup"]
 GroupCodec = Literal["zlib", "zstd", "lzma", "brotli", "ppmd", "zpaq"]
 SmallDType = Literal["fp16", "fp32"]
 Qat = Literal["off", "full", "late"]
-CodeCompress = Literal["none", "lzma", "brotli", "auto"]
+CodeCompress = Literal["none", "lzma", "brotli", "zpaq", "auto"]
 GptqCalib = Literal["train", "self"]
 EvalMethod = Literal["plain", "sliding", "docs", "ttt-sgd", "ttt-lora", "phased"]
 LoraTarget = Literal["q", "k", "v", "o", "mlp", "lm_head"]
@@ -327,8 +327,13 @@ class QuantConfig:
                                "B int4 [-8, 7] per group")
     lqer_group: int = knob(64, "asym LQER: values of B per scale")
     target_bytes: int = knob(ARTIFACT_LIMIT, "artifact size target; must stay below the 16,000,000 limit")
-    code_compress: CodeCompress = knob("auto", "wrapper of the counted train_gpt.py (auto = the smaller)")
+    code_compress: CodeCompress = knob("auto", "wrapper of the counted train_gpt.py (auto = the smallest)")
     auto_fit: bool = knob(False, "widen the clip / prune +-1 values until the artifact fits")
+
+    @property
+    def packs_low_bits(self) -> bool:
+        """Some array has 4 bits or fewer (packed 2 or 4 to a byte): a group's values or LQER factors."""
+        return self.lqer_rank > 0 or any(g.bits <= 4 for g in self.groups)
 
     @property
     def uses_gptq(self) -> bool:

@@ -22,7 +22,8 @@ log.setLevel(logging.INFO)
 log.propagate = False
 
 BARS = True  # tqdm progress bars exist; the counted train_gpt.py is bundled with False (no tqdm there)
-DETAIL = True  # diagnostics beyond the score (optimizer groups, the pack report's tables); bundled with False
+DETAIL = True  # diagnostics beyond the score (optimizer groups, the pack report's tables, the scorer's
+# kept distributions) and hints at pgolf commands; the counted script is bundled with False
 _state = {"progress": True, "rank": 0}
 
 

@@ -19,6 +19,7 @@ import sentencepiece as spm
 
 from pgolf.config import BOS_ID
 from pgolf.errors import InputError
+from pgolf.logs import DETAIL
 
 SPACE = "\u2581"
 
@@ -39,8 +40,8 @@ def load_tokenizer(path: str | os.PathLike) -> spm.SentencePieceProcessor:
 def check_tokenizer(sp: spm.SentencePieceProcessor, where: str | os.PathLike = "tokenizer") -> None:
     """Refuse a vocab without a standalone '▁' piece: it miscounts spaces by ~20%."""
     if sp.piece_to_id(SPACE) == sp.unk_id() or sp.id_to_piece(sp.piece_to_id(SPACE)) != SPACE:
-        raise InputError(f"{where}: vocab has no standalone '\u2581' piece; val_bpb byte counts would be wrong "
-                         "(retrain with the challenge settings, see `pgolf data tokenizer`)")
+        hint = " (retrain with the challenge settings, see `pgolf data tokenizer`)" if DETAIL else ""
+        raise InputError(f"{where}: vocab has no standalone '\u2581' piece; val_bpb byte counts would be wrong{hint}")
     if sp.bos_id() != BOS_ID:
         raise InputError(f"{where}: bos id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
 

@@ -47,7 +47,8 @@ def load_artifact_for(cfg: Config, path: str | os.PathLike) -> tuple[GPT, dict]:
     but the tensors); (model, meta)."""
     path = Path(path)
     q = cfg.quant
-    art = parse_artifact(path.read_bytes(), str(path), lqer=q.lqer_rank > 0, reorder=q.codec == "pergroup")
+    art = parse_artifact(path.read_bytes(), str(path), lqer=q.lqer_rank > 0, reorder=q.codec == "pergroup",
+                         lowbit=q.packs_low_bits)
     model = build_from_state(cfg.model, dequantize_all(art.tensors), str(path), recurrence_flag(art.meta))
     return model, dict(art.meta, sha256=art.sha256, bytes=art.bytes)
 

@@ -21,7 +21,7 @@ from pgolf.eval.scorer import Scorer
 from pgolf.eval.ttt_lora import TTT_LORA
 from pgolf.eval.ttt_sgd import TTT_SGD
 from pgolf.eval.windowed import DOCS, PLAIN, SLIDING
-from pgolf.logs import log
+from pgolf.logs import DETAIL, log
 
 METHODS: dict[str, Method] = {m.name: m for m in (PLAIN, SLIDING, DOCS, TTT_SGD, TTT_LORA, PHASED)}
 assert tuple(METHODS) == choices(EvalConfig, "method"), "config.EvalMethod and METHODS must list the same names"
@@ -51,8 +51,9 @@ def eval_token_cap(cfg: Config, device: torch.device) -> tuple[int, str]:
     if cfg.eval.max_tokens:
         return cfg.eval.max_tokens, f"the first {cfg.eval.max_tokens:,} validation tokens (eval.max_tokens)"
     if device.type == "cpu":
+        hint = "set eval.max_tokens to change it, " if DETAIL else ""  # (the counted script cannot)
         return CPU_EVAL_TOKENS, (f"the first {CPU_EVAL_TOKENS:,} validation tokens (the CPU default; "
-                                 "set eval.max_tokens to change it, the full split needs a GPU)")
+                                 f"{hint}the full split needs a GPU)")
     return 0, "the full validation split"
 
 
@@ -66,7 +67,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, nbytes: np.ndarray, cfg
     if len(tokens) < 2:
         raise ConfigError(f"eval.max_tokens: need at least 2 tokens to score, have {len(tokens)}")
     device = torch.device(device)
-    if keep is None:  # every evaluation keeps a few distributions, audited or not (same harness)
+    if keep is None and DETAIL:  # every evaluation keeps a few distributions, audited or not (same harness)
         keep = np.random.default_rng().choice(len(tokens) - 1, size=min(KEEP, len(tokens) - 1), replace=False)
     stream = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)
     scorer = Scorer(stream, torch.as_tensor(np.asarray(nbytes, dtype=np.int32), device=device),
@@ -80,7 +81,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, nbytes: np.ndarray, cfg
     seconds = time.perf_counter() - t0
     out.update(facts)
     out.update(method=m.name, seconds=seconds, window=ctx.window)
-    off = scorer.normalization_error()
+    off = scorer.normalization_error() if DETAIL else 0.0  # a diagnostic: the audit checks it from outside
     if off > 1e-3:
         out["warning_normalization"] = f"kept distributions do not sum to 1 (off by up to {off:.3g}) or are not finite"
         log.warning(f"warning: {m.name}: {out['warning_normalization']}")

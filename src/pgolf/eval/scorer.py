@@ -45,11 +45,14 @@ class Scorer:
         self.nll = torch.zeros(n + 1, dtype=torch.float32, device=self.device)
         self.counts = torch.zeros(n + 1, dtype=torch.int32, device=self.device)
         self._bytes = torch.cat([self.nbytes.to(torch.int32), torch.zeros(1, dtype=torch.int32, device=self.device)])
-        keep = np.unique(np.asarray([] if keep is None else keep, dtype=np.int64))
-        if keep.size and (keep.min() < 0 or keep.max() >= n):
-            raise ValueError(f"kept positions must be targets in [0, {n})")
-        self._keep = torch.as_tensor(keep, device=self.device)
-        self._kept = torch.full((len(keep), vocab_size), float("nan"), dtype=torch.float32, device=self.device)
+        self._keep = None  # no kept distributions (the counted script's scorer)
+        self._kept = None
+        if keep is not None:
+            at = np.unique(np.asarray(keep, dtype=np.int64))
+            if at.size and (at.min() < 0 or at.max() >= n):
+                raise ValueError(f"kept positions must be targets in [0, {n})")
+            self._keep = torch.as_tensor(at, device=self.device)
+            self._kept = torch.full((len(at), vocab_size), float("nan"), dtype=torch.float32, device=self.device)
 
     @property
     def n_targets(self) -> int:
@@ -75,7 +78,7 @@ class Scorer:
         self.acc.add(nll, self._bytes[pos], real)
         self.nll[pos] = nll
         self.counts.index_add_(0, pos, torch.ones_like(pos, dtype=torch.int32))
-        if self._keep.numel():  # copy rows of kept positions without a host sync: a gather + where
+        if self._keep is not None and self._keep.numel():  # copy rows of kept positions without a host sync: a gather + where
             eq = pos[None, :] == self._keep[:, None]
             rows = lp[eq.to(torch.int8).argmax(dim=1)]
             self._kept = torch.where(eq.any(dim=1)[:, None], rows, self._kept)
@@ -83,6 +86,8 @@ class Scorer:
 
     def normalization_error(self) -> float:
         """Worst |sum p - 1| over this rank's kept distributions that were scored (inf if not finite)."""
+        if self._kept is None:
+            return 0.0
         seen = ~torch.isnan(self._kept[:, 0]) if self._kept.numel() else torch.zeros(0, dtype=torch.bool)
         if not bool(seen.any()):
             return 0.0
@@ -102,10 +107,11 @@ class Scorer:
         mine = self.nll[:-1]
         nll = runtime.all_reduce_sum(torch.where(self.counts[:-1] > 0, mine, torch.zeros_like(mine)))
         nll = torch.where(counts > 0, nll, torch.full_like(nll, float("nan")))
-        kept = self._kept
+        keep = self._keep if self._keep is not None else torch.zeros(0, dtype=torch.int64)
+        kept = self._kept if self._kept is not None else torch.zeros(0, self.vocab_size)
         if runtime.world() > 1 and kept.numel():  # each kept row was filled on the rank that scored it
             have = ~torch.isnan(kept[:, :1])
             kept = runtime.all_reduce_sum(torch.where(have, kept, torch.zeros_like(kept)))
             got = runtime.all_reduce_sum(have.to(torch.int32))
             kept = torch.where(got > 0, kept, torch.full_like(kept, float("nan")))
-        return ScoreRecord(nll.cpu(), counts.cpu(), self._keep.cpu(), kept.cpu())
+        return ScoreRecord(nll.cpu(), counts.cpu(), keep.cpu(), kept.cpu())

@@ -37,18 +37,26 @@ POLAR_EXPRESS: tuple[Coeffs, ...] = (
 )
 POLAR_EXPRESS_SAFETY = 0.02
 
+# The coefficient sets by name: (tuples, whether the first repeats for every iteration). A registry:
+# the counted script keeps its recipe's set (and fixed), not the others' tables.
+NS_SETS: dict[str, tuple[tuple[Coeffs, ...], bool]] = {s[0]: s[1:] for s in (
+    ("fixed", (NS_FIXED,), True),
+    ("polar_express", POLAR_EXPRESS, False),
+)}
+
 
 def ns_coefficients(kind: str, steps: int) -> list[Coeffs]:
     """Per-iteration (a, b, c) for `kind` = fixed | polar_express."""
     if steps < 1:
         raise ConfigError(f"optim.muon_ns_steps: must be >= 1, got {steps}")
-    if kind == "fixed":
-        return [NS_FIXED] * steps
-    if kind == "polar_express":
-        if steps > len(POLAR_EXPRESS):
-            raise ConfigError(f"optim.muon_ns_steps: polar_express has {len(POLAR_EXPRESS)} tuples, got {steps}")
-        return list(POLAR_EXPRESS[:steps])
-    raise ConfigError(f"optim.muon_ns_coeffs: expected fixed | polar_express, got '{kind}'")
+    if kind not in NS_SETS:
+        raise ConfigError(f"optim.muon_ns_coeffs: expected {' | '.join(NS_SETS)}, got '{kind}'")
+    coeffs, repeat = NS_SETS[kind]
+    if repeat:
+        return [coeffs[0]] * steps
+    if steps > len(coeffs):
+        raise ConfigError(f"optim.muon_ns_steps: {kind} has {len(coeffs)} tuples, got {steps}")
+    return list(coeffs[:steps])
 
 
 def ns_safety(kind: str) -> float:

@@ -58,11 +58,10 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], cfg: QuantConfig,
                 q, s = quantize(t, plan.bits, plan.clip, plan.clip_value, plan.min_scale, clip_mult)
             qt = QuantizedTensor(q.cpu(), s.cpu(), plan.bits, t.dtype)
             out[name] = qt
-            bits = plan.bits
         else:
             out[name] = store_float(t, plan.kind)
-            bits = out[name].data.element_size() * 8
         if DETAIL:  # the report's per-tensor and per-group tables (not in the counted script)
+            bits = plan.bits if plan.kind == "int" else out[name].data.element_size() * 8
             row = {"name": name, "kind": plan.kind, "group": plan.group, "bits": bits, "shape": list(t.shape)}
             if plan.kind == "int":
                 err = float((t.detach().float().cpu() - qt.dequantize().float()).norm())
@@ -110,9 +109,11 @@ def serialize(tensors: Mapping[str, object], model_config: dict, meta: dict, cfg
         storage, sections = pergroup_storage(tensors, cfg.pergroup_codecs, cfg.pergroup_sort, memo)
         return serialize_artifact(tensors, model_config, meta, codec, True, storage, memo), sections
     if codec == "auto":
-        return min((serialize_artifact(tensors, model_config, meta, c, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0)
+        return min((serialize_artifact(tensors, model_config, meta, c, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0,
+                                       lowbit=cfg.packs_low_bits)
                     for c in PLAIN_CODECS), key=len), []
-    return serialize_artifact(tensors, model_config, meta, codec, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0), []
+    return serialize_artifact(tensors, model_config, meta, codec, cfg.byte_shuffle, lqer=cfg.lqer_rank > 0,
+                              lowbit=cfg.packs_low_bits), []
 
 
 def pack_state(state_dict: Mapping[str, Tensor], model_config: dict, cfg: QuantConfig, code_bytes: int,

@@ -1,7 +1,10 @@
 """`pgolf pack` and `pgolf bundle` (arguments and human output; the work is in pgolf.pipeline)."""
 from __future__ import annotations
 
+from typing import get_args
+
 from pgolf.cli import add_config_flags, add_json_flag, command
+from pgolf.config import CodeCompress
 
 
 def human_bundle(r: dict) -> str:
@@ -21,7 +24,7 @@ def register(sub) -> None:
     p = sub.add_parser("bundle", help="write the counted single-file train_gpt.py for a recipe")
     add_config_flags(p, recipe_required=True)
     p.add_argument("--out", required=True, help="where to write train_gpt.py")
-    p.add_argument("--compress", choices=("none", "lzma", "brotli", "auto"),
-                   help="wrapper (default: quant.code_compress; auto = the smaller of lzma and brotli)")
+    p.add_argument("--compress", choices=get_args(CodeCompress),
+                   help="wrapper (default: quant.code_compress; auto = the smallest of lzma, brotli and zpaq)")
     add_json_flag(p)
     command(p, "pgolf.pipeline.tools:cmd_bundle", "pgolf.quant.commands:human_bundle")

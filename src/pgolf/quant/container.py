@@ -141,8 +141,8 @@ def _entry(name: str, t: Stored, storage: Storage | None, lqer: bool) -> tuple[d
     return e, {"d": (data, 0)}
 
 
-def _array_bytes(t: Tensor, bits: int) -> bytes:
-    if bits and bits <= 4:
+def _array_bytes(t: Tensor, bits: int, lowbit: bool) -> bytes:
+    if lowbit and bits and bits <= 4:
         return pack_lowbit(t.numpy(), bits).tobytes()
     return _bytes(t)
 
@@ -153,10 +153,11 @@ def plain_storage(tensors: Mapping[str, Stored], codec: str, shuffle: bool) -> S
 
 def serialize_artifact(tensors: Mapping[str, Stored], config: dict, meta: dict, codec: str = "zlib",
                        byte_shuffle: bool = False, storage: Storage | None = None,
-                       compressed: dict | None = None, lqer: bool = True) -> bytes:
+                       compressed: dict | None = None, lqer: bool = True, lowbit: bool = True) -> bytes:
     """The artifact as bytes. `storage` (sections, row orders, column-major tensors) overrides the
     single-section default; `compressed` holds blobs already made, by (codec, sha256 of the raw section).
-    lqer False: no tensor has LQER factors (the counted script's writer then has no LQER code)."""
+    lqer False: no tensor has LQER factors (the counted script's writer then has no LQER code); lowbit
+    False: no array has 4 bits or fewer (none is packed, and the packing code can go)."""
     index = {name: i for i, name in enumerate(tensors)}
     entries, arrays = [], []
     for name, t in tensors.items():
@@ -170,7 +171,7 @@ def serialize_artifact(tensors: Mapping[str, Stored], config: dict, meta: dict, 
         chunks = []
         for name, role in sec.arrays:
             t, bits = arrays[index[name]][role]
-            b = _array_bytes(t, bits)
+            b = _array_bytes(t, bits, lowbit)
             sha.update(b)
             chunks.append(shuffle_bytes(b, t.element_size()) if sec.shuffle and not bits else b)
             placed.add((name, role))
@@ -204,7 +205,7 @@ def raw_arrays(tensors: Mapping[str, Stored], shuffle: bool = False) -> bytes:
         _, a = _entry(name, t, None, True)
         for role in roles(t):
             arr, bits = a[role]
-            b = _array_bytes(arr, bits)
+            b = _array_bytes(arr, bits, True)
             out.append(shuffle_bytes(b, arr.element_size()) if shuffle and not bits else b)
     return b"".join(out)
 
@@ -223,13 +224,14 @@ class Artifact:
     sha256: str
 
 
-def parse_artifact(data: bytes, where: str = "artifact", lqer: bool = True, reorder: bool = True) -> Artifact:
+def parse_artifact(data: bytes, where: str = "artifact", lqer: bool = True, reorder: bool = True,
+                   lowbit: bool = True) -> Artifact:
     """Validate and decode artifact bytes. Any problem -> InputError('{where}: not a valid ...').
-    lqer / reorder False: a reader for artifacts without LQER factors / stored row or column orders
-    (the counted script reads only its own kind; without reorder, sections decode one after another);
-    an entry that has them then fails the layout checks."""
+    lqer / reorder / lowbit False: a reader for artifacts without LQER factors / stored row or column
+    orders / arrays of 4 bits or fewer (the counted script reads only its own kind; without reorder,
+    sections decode one after another); an entry that has them then fails the layout checks."""
     try:
-        return _parse(bytes(data), lqer, reorder)
+        return _parse(bytes(data), lqer, reorder, lowbit)
     except KeyError as e:
         raise InputError(f"{where}: not a valid pgolf artifact: missing field {e}") from None
     except (CodecError, ValueError, TypeError, IndexError, RuntimeError, struct.error) as e:
@@ -291,9 +293,9 @@ def _all_arrays(entries: list[dict], lqer: bool = True, reorder: bool = True) ->
     return [[i, r] for i, e in enumerate(entries) for r in _specs(e, lqer, reorder)]
 
 
-def _decode(b: bytes, dtype: torch.dtype, shape: list[int], bits: int) -> Tensor:
+def _decode(b: bytes, dtype: torch.dtype, shape: list[int], bits: int, lowbit: bool) -> Tensor:
     count = math.prod(shape)
-    if bits and bits <= 4:
+    if lowbit and bits and bits <= 4:
         return torch.from_numpy(unpack_lowbit(np.frombuffer(b, np.uint8), bits, count)).reshape(shape)
     return torch.frombuffer(bytearray(b), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
 
@@ -329,7 +331,7 @@ def _build(e: dict, a: dict[str, Tensor], lqer: bool, reorder: bool) -> Union[Qu
     return qt
 
 
-def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
+def _parse(data: bytes, lqer: bool, reorder: bool, lowbit: bool) -> Artifact:
     if data[:7] != MAGIC:
         raise ValueError(f"bad magic (expected {MAGIC!r} at the start of the file)")
     _, hcodec, hsize, hraw = _PREFIX.unpack_from(data)
@@ -366,7 +368,7 @@ def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
             if role in got[i]:
                 raise ValueError(f"'{names[i]}' array {role} stored twice")
             count = math.prod(shape)
-            n = packed_nbytes(count, bits) if bits and bits <= 4 else count * dtype.itemsize
+            n = packed_nbytes(count, bits) if lowbit and bits and bits <= 4 else count * dtype.itemsize
             b = raw[off:off + n]
             off += n
             if len(b) != n:
@@ -374,7 +376,7 @@ def _parse(data: bytes, lqer: bool, reorder: bool) -> Artifact:
             if sec["shuffle"] and not bits:
                 b = byte_unshuffle(b, dtype.itemsize)
             sha.update(b)
-            got[i][role] = _decode(b, dtype, shape, bits)
+            got[i][role] = _decode(b, dtype, shape, bits, lowbit)
         if off != raw_len:
             raise ValueError(f"section {k} holds {raw_len - off} bytes beyond its arrays")
     if sha.hexdigest() != header["sha256"]:

@@ -4,16 +4,17 @@ Its size is the artifact's code bytes. How it is made:
   1. flatten: the modules the entry reaches become one program holding only the reachable
      definitions (pgolf.submit.flatten);
   2. specialise: the recipe's config is compiled in (pgolf.submit.specialize): switches that are off
-     take their branches with them, the eval-method registry keeps the recipe's method (and plain),
-     and only the seed is read at run time;
+     take their branches with them, registries keep the recipe's entries (eval methods, artifact
+     codecs, Newton-Schulz coefficient sets), and only the seed is read at run time;
   3. drop the guards against programmer error (`if ...: raise ValueError`, as python -O drops
-     asserts; the errors a user can cause stay), shake again, minify with python-minifier
-     (docstrings, asserts and annotations out, names short),
-     compress with lzma or brotli, whichever is smaller, and wrap in a two-line self-extracting stub
-     whose payload is the compressed bytes as a latin-1 string (PEP 263 source encoding: 1-3% larger
-     than the bytes, where base85 costs 25%).
-The script then needs torch, numpy, sentencepiece, safetensors and the codec libraries its recipe
-uses; not pgolf. What it leaves out (audit, plots, checkpoints, corpus building, the downloader, the
+     asserts; the errors a user can cause stay) and attributes nothing reads, shake again, give
+     one-letter names to parameters no caller names (pgolf.submit.rename), minify with
+     python-minifier (docstrings, asserts and annotations out, names short),
+     compress with lzma, brotli or zpaq, whichever is smallest, and wrap in a two-line
+     self-extracting stub whose payload is the compressed bytes as a latin-1 string (PEP 263 source
+     encoding: 1-3% larger than the bytes, where base85 costs 25%).
+The script then needs torch, numpy, sentencepiece and the codec libraries its recipe and its wrapper
+use; not pgolf. What it leaves out (audit, plots, checkpoints, corpus building, the downloader, the
 CLI) is what the score does not need.
 """
 from __future__ import annotations
@@ -27,23 +28,27 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import get_args
 
 import brotli
 import python_minifier
+import zpaq
 
 from pgolf.atomic import atomic_write_bytes
-from pgolf.config import SECTIONS, Config, QuantGroup, TrainConfig
+from pgolf.config import SECTIONS, CodeCompress, Config, QuantGroup, TrainConfig
 from pgolf.errors import InputError, WorkError
 from pgolf.eval.methods import check as check_method
 from pgolf.quant.container import PLAIN_CODECS
 from pgolf.quant.pergroup import REMAINDER_CODEC
 from pgolf.submit.flatten import PKG_ROOT, Flattener, shake_module, std_modules
-from pgolf.submit.prune import drop_dead_code, drop_guards
+from pgolf.submit.prune import drop_dead_attributes, drop_dead_code, drop_guards
+from pgolf.submit.rename import shorten_parameters
 from pgolf.submit.specialize import NS, Specializer
 
 ENTRY, ROOT = "pgolf.pipeline.script", "main"
 SEED = "_SEED"
-COMPRESSIONS = ("none", "lzma", "brotli", "auto")
+COMPRESSIONS = get_args(CodeCompress)
+WRAPPERS = ("lzma", "brotli", "zpaq")  # what "auto" chooses from: the smallest file
 CONFIG_CLASSES = {cls.__name__: cls for cls in (Config, QuantGroup, *SECTIONS.values())}
 # module constants the counted script is built with: no tqdm progress bars (its output is a log), no
 # toolkit diagnostics
@@ -101,12 +106,18 @@ def kept_codecs(cfg: Config) -> set[str]:
     return {q.codec}
 
 
-REGISTRIES = (("pgolf.eval.methods", "METHODS", kept_methods), ("pgolf.quant.codecs", "CODECS", kept_codecs))
+def kept_ns_sets(cfg: Config) -> set[str]:
+    """Muon's Newton-Schulz coefficient sets: the recipe's (and fixed, every function's default)."""
+    return {"fixed", cfg.optim.muon_ns_coeffs}
+
+
+REGISTRIES = (("pgolf.eval.methods", "METHODS", kept_methods), ("pgolf.quant.codecs", "CODECS", kept_codecs),
+              ("pgolf.optim.muon", "NS_SETS", kept_ns_sets))
 
 
 def _prune_registry(tree: ast.Module, names: dict, module: str, registry: str, keep: set[str]) -> None:
     """NAME = {x.name: x for x in (A, B, Codec("c", ...), ...)}: keep the entries named in `keep`
-    (an entry is a module-level object with a .name, or a call whose first argument is the name)."""
+    (an entry is a module-level object with a .name, or a call or tuple whose first item is the name)."""
     target = names.get((module, registry))
     if target is None:
         return
@@ -121,6 +132,8 @@ def _prune_registry(tree: ast.Module, names: dict, module: str, registry: str, k
             return flat_name.get(e.id)
         if isinstance(e, ast.Call) and e.args and isinstance(e.args[0], ast.Constant):
             return e.args[0].value
+        if isinstance(e, ast.Tuple) and e.elts and isinstance(e.elts[0], ast.Constant):
+            return e.elts[0].value
         return None
 
     for node in tree.body:
@@ -166,6 +179,10 @@ def _program(config_json: str, fingerprint: tuple) -> tuple[str, tuple[str, ...]
     drop_guards(spec.tree)
     drop_dead_code(spec.tree)
     tree = shake_module(strip_annotations(spec.tree), [root])
+    if drop_dead_attributes(tree):  # on the shaken program: dead code no longer reads them
+        drop_dead_code(tree)
+        tree = shake_module(tree, [root])
+    shorten_parameters(tree)
     at = next(i for i, s in enumerate(tree.body) if not isinstance(s, (ast.Import, ast.ImportFrom, ast.If, ast.Try)))
     tree.body.insert(at, ast.parse(f"{SEED} = {cfg.train.seed}").body[0])
     if spec.uses_ns:
@@ -255,15 +272,24 @@ def wrap(minified: str, compress: str) -> tuple[str, str]:
     if compress == "none":
         return minified, "none"
     raw = minified.encode("utf-8")
-    blobs = {"lzma": lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]),
-             "brotli": brotli.compress(raw, quality=11, lgwin=24)}
-    choice = min(blobs, key=lambda k: len(blobs[k])) if compress == "auto" else compress
-    if choice == "lzma":
-        head = "import lzma\nexec(lzma.decompress(L.encode('latin1'),lzma.FORMAT_RAW,None,[{'id':lzma.FILTER_LZMA2}]))"
-    else:
-        head = "import brotli\nexec(brotli.decompress(L.encode('latin1')))"
-    text = f"#coding:latin1\nL={latin1_literal(blobs[choice])}\n{head}\n"
-    return text, choice
+    texts = {}
+    for name in (WRAPPERS if compress == "auto" else (compress,)):
+        blob, head = _compressed(raw, name)
+        texts[name] = f"#coding:latin1\nL={latin1_literal(blob)}\n{head}\n"
+    choice = min(texts, key=lambda k: len(texts[k].encode("latin-1")))
+    return texts[choice], choice
+
+
+def _compressed(raw: bytes, name: str) -> tuple[bytes, str]:
+    """(payload, the stub's decoding lines) for one wrapper."""
+    if name == "lzma":
+        return (lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]),
+                "import lzma\nexec(lzma.decompress(L.encode('latin1'),lzma.FORMAT_RAW,None,[{'id':lzma.FILTER_LZMA2}]))")
+    if name == "brotli":
+        return brotli.compress(raw, quality=11, lgwin=24), "import brotli\nexec(brotli.decompress(L.encode('latin1')))"
+    # zpaq method 5 (context mixing): ~13% under brotli-11 on minified Python; one thread, so the
+    # same program gives the same bytes
+    return zpaq.compress(raw, level=5, threads=1), "import zpaq\nexec(zpaq.decompress(L.encode('latin1')))"
 
 
 @functools.lru_cache(maxsize=32)
@@ -272,8 +298,8 @@ def _bundle(config_json: str, compress: str, fingerprint: tuple) -> Bundle:
     mini = minify(src)
     text, used = wrap(mini, compress)
     std = std_modules()
-    third = sorted({line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
-                   - std - {"__future__"})
+    third = sorted(({line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
+                    | ({used} if used != "none" else set())) - std - {"__future__"})
     b = Bundle(text, 0, used, list(mods), list(kept), third, len(src.encode()), len(mini.encode()))
     b.code_bytes = len(b.data())
     return b

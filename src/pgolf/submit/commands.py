@@ -2,7 +2,10 @@
 pgolf.pipeline.reports)."""
 from __future__ import annotations
 
+from typing import get_args
+
 from pgolf.cli import add_config_flags, add_json_flag, add_progress_flag, command
+from pgolf.config import CodeCompress
 
 R = "pgolf.pipeline.reports"
 
@@ -76,7 +79,7 @@ def register(sub) -> None:
     p.add_argument("--author")
     p.add_argument("--github-id")
     p.add_argument("--blurb", default="")
-    p.add_argument("--compress", choices=("none", "lzma", "brotli"),
+    p.add_argument("--compress", choices=[c for c in get_args(CodeCompress) if c != "auto"],
                    help="train_gpt.py wrapper (default: the recipe's quant.code_compress)")
     p.add_argument("--reference-bpb", type=float, help="previous record's val_bpb (one-sample t-test)")
     p.add_argument("--reference-runs", nargs="+", help="previous record's run dirs (Welch t-test)")

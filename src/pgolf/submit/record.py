@@ -234,9 +234,11 @@ def render_readme(sub: dict, runs: list[Run], cfg: Config) -> str:
               "path): it trains, quantizes and packs, reloads the artifact and scores it with the recipe's "
               f"eval method ({cfg.eval.method}). It leaves out what the score does not need: the legality "
               "audit, plots, checkpoints and resume, corpus building, the dataset downloader and the CLI "
-              "(all in pgolf itself), and the checks against programmer error that its frozen config "
-              "makes dead (errors in its inputs are still reported). `train_seed<S>.log` holds everything each run printed, through the "
-              "scored val_bpb, the artifact bytes and the eval time."]
+              "(all in pgolf itself), toolkit diagnostics (the pack's per-tensor tables, the evaluation's "
+              "normalization spot check, which the audit makes from outside) and the checks against "
+              "programmer error that its frozen config makes dead (errors in its inputs are still "
+              "reported). `train_seed<S>.log` holds everything each run printed, through the scored "
+              "val_bpb, the artifact bytes and the eval time."]
     return "\n".join(lines) + "\n"
 
 

@@ -90,6 +90,7 @@ class Specializer:
         self.uses_ns = False
         self.roots = roots or []  # entry points: their parameters come from outside, and shaking starts there
         self.keep_params = set(self.roots)
+        self._round: dict[str, Any] = {}  # per fixpoint round (see run)
         # annotated class fields (dataclasses): an EvalContext's `cfg: Config` is the config too
         self.fields = {n.name: {f.target.id: f.annotation for f in n.body
                                 if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)}
@@ -127,6 +128,9 @@ class Specializer:
         _annassign_to_assign(self.tree)
         before = ast.dump(self.tree)
         for _ in range(20):
+            # a round's passes only remove stores and classes, so what _attr_stores and _attr_classes
+            # find at its start stays true or errs on the safe side (more stores than there are)
+            self._round = {}
             self._fold_config()
             self._simplify()
             self._propagate_locals()
@@ -145,6 +149,7 @@ class Specializer:
             if after == before:
                 break
             before = after
+        self._round = {}
         return self.tree
 
     # -- 1. config reads -> constants --------------------------------------------------------------
@@ -162,6 +167,8 @@ class Specializer:
         """(stores of `self.x` per (class, x), stores of `.x` on anything else per x). A setattr with a
         computed name (module swapping in TTT) is assumed never to touch a config-derived attribute:
         the bundled-vs-pgolf equality tests check that."""
+        if "stores" in self._round:
+            return self._round["stores"]
         own: Counter = Counter()
         other: Counter = Counter()
         for fn, cls in self._functions():
@@ -178,6 +185,7 @@ class Specializer:
                 for sub in ast.walk(n):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, (ast.Store, ast.Del)):
                         other[sub.attr] += 1
+        self._round["stores"] = own, other
         return own, other
 
     def _stored_once(self, cls: str, attr: str, own: Counter, other: Counter) -> bool:
@@ -341,10 +349,19 @@ class Specializer:
                     for name in n.names:
                         assigned[name] += 99
             # a name whose every assignment, at any depth of the function's own blocks (not nested
-            # scopes), is the same constant: a read that runs after one sees it (one before would fail)
+            # scopes), is the same constant: a read that runs after one sees it (one before would fail).
+            # An assignment that runs only when the name is not None (`if x is None: ... else: x = ...`)
+            # never runs if every other one is None, by induction: it does not count.
+            guarded = {k: {id(x) for x in v} for k, v in _none_guarded(fn).items()}
+            for name, nodes in _none_guarded(fn).items():
+                assigned[name] -= sum(1 for n in nodes if isinstance(n, ast.Name) and n.id == name
+                                      and isinstance(n.ctx, ast.Store))
             seen: dict[str, set[str]] = defaultdict(set)
             count: Counter = Counter()
             for n in _own_statements(fn):
+                if isinstance(n, ast.Assign) and len(n.targets) == 1 and any(
+                        id(t) in guarded.get(getattr(t, "id", None), set()) for t in ast.walk(n.targets[0])):
+                    continue
                 if isinstance(n, ast.Assign) and len(n.targets) == 1:
                     for t, v in self._pairs(n.targets[0], n.value):
                         if isinstance(t, ast.Name):
@@ -406,8 +423,38 @@ class Specializer:
                     and n.targets[0].id in consts):
                 Sub().visit(n)
 
+    def _attr_classes(self) -> dict[tuple[str, str], str]:
+        """(class, attr) -> the program class of `self.attr`: stored once, in __init__, from a call of
+        that class (without subclasses) or of a module-level function that only returns such calls."""
+        if "classes" in self._round:
+            return self._round["classes"]
+        own, other = self._attr_stores()
+        classes = {n.name for n in self.tree.body if isinstance(n, ast.ClassDef) and self._subclasses(n.name) == {n.name}}
+        makes: dict[str, str] = {}  # factory function -> the class it returns
+        for f in self.tree.body:
+            if isinstance(f, ast.FunctionDef) and f.body and isinstance(f.body[-1], ast.Return):
+                made = {r.value.func.id if isinstance(r.value, ast.Call) and isinstance(r.value.func, ast.Name) else None
+                        for r in ast.walk(f) if isinstance(r, ast.Return)}
+                if len(made) == 1 and (c := made.pop()) in classes:
+                    makes[f.name] = c
+        out = {}
+        for fn, cls in self._functions():
+            if cls is None or fn.name != "__init__":
+                continue
+            for st in fn.body:
+                if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Attribute)
+                        and isinstance(st.targets[0].value, ast.Name) and st.targets[0].value.id == _self(fn)
+                        and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name)
+                        and self._stored_once(cls, st.targets[0].attr, own, other)):
+                    c = st.value.func.id if st.value.func.id in classes else makes.get(st.value.func.id)
+                    if c is not None:
+                        out[(cls, st.targets[0].attr)] = c
+        self._round["classes"] = out
+        return out
+
     def _propagate_attributes(self) -> None:
-        """`self.x = <constant>` stored once (in the class, nowhere else): reads of `self.x` there."""
+        """`self.x = <constant>` stored once (in the class, nowhere else): reads of `self.x` there, and
+        of `self.y.x` where self.y holds an instance of that class (see _attr_classes)."""
         own, other = self._attr_stores()
         consts: dict[tuple[str, str], ast.expr] = {}
         for fn, cls in self._functions():
@@ -422,6 +469,7 @@ class Specializer:
                                 consts[(sub, t.attr)] = v
         if not consts:
             return
+        typed = self._attr_classes()
         classes = {c for c, _ in consts}
         for fn, cls in list(self._functions()):
             receivers = {_self(fn): {a: v for (c, a), v in consts.items() if c == cls}} if cls else {}
@@ -430,6 +478,13 @@ class Specializer:
                 if self._subclasses(name) == {name}:
                     receivers.setdefault(arg, {a: v for (c, a), v in consts.items() if c == name})
             receivers = {k: v for k, v in receivers.items() if v}
+            if cls:  # self.y.x, self.y an instance of a class with constant attributes
+                for (d, attr), c in typed.items():
+                    if d == cls and any(k == c for k, _ in consts):
+                        receivers[f"{_self(fn)}.{attr}"] = {a: v for (k, a), v in consts.items() if k == c}
+                held = {attr for (d, attr) in typed if d == cls}
+                if held:  # an instance is never None
+                    _NotNone(_self(fn), held).visit(fn)
             if receivers:
                 _AttrConsts(receivers).visit(fn)
 
@@ -584,6 +639,25 @@ class Specializer:
                 uses[n.id] += 1
         ok = {k: f for k, f in funcs.items() if calls.get(k) and uses[k] == len(calls[k]) and k not in self.keep_params
               and not (f.args.vararg or f.args.kwarg or f.args.posonlyargs) and _plain_signature(f)}
+        # a base class built only through its subclasses' super().__init__(...) (each has its own
+        # __init__, none has subclasses, the base's name is used only as their base)
+        classes = {n.name: n for n in self.tree.body if isinstance(n, ast.ClassDef)}
+        for name, base in classes.items():
+            init = next((m for m in base.body if isinstance(m, ast.FunctionDef) and m.name == "__init__"), None)
+            subs = [c for c in classes.values() if any(isinstance(b, ast.Name) and b.id == name for b in c.bases)]
+            if init is None or not subs or base.decorator_list or calls.get(name) or name in self.keep_params \
+                    or init.args.vararg or init.args.kwarg or init.args.posonlyargs or not _plain_signature(init):
+                continue
+            sub_inits = [next((m for m in c.body if isinstance(m, ast.FunctionDef) and m.name == "__init__"), None)
+                         for c in subs]
+            if any(i is None for i in sub_inits) or any(self._subclasses(c.name) != {c.name} for c in subs) \
+                    or any(len(c.bases) != 1 for c in subs) or sum(
+                        1 for n in ast.walk(self.tree) if isinstance(n, ast.Name) and n.id == name
+                        and isinstance(n.ctx, ast.Load) and id(n) not in skip) != len(subs):
+                continue
+            sites = [c for i in sub_inits for c in ast.walk(i) if _is_super_init(c)]
+            if len(sites) == len(subs):
+                ok[f"{name}.__init__"], calls[f"{name}.__init__"] = init, sites
         return ok, calls
 
     def _drop_unused_parameters(self) -> None:
@@ -729,6 +803,7 @@ class Specializer:
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 named.add(n.value)
         out = []
+        typed = self._attr_classes()
         for c in self.tree.body:
             if not (isinstance(c, ast.ClassDef) and not c.bases and self._subclasses(c.name) == {c.name}):
                 continue
@@ -742,6 +817,14 @@ class Specializer:
                         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in methods \
                                 and isinstance(n.func.value, ast.Name) and n.func.value.id == me:
                             sites[n.func.attr].append(n)
+            for fn, d in self._functions():  # self.y.m(...), self.y an instance of c
+                holders = {attr for (k, attr), cls in typed.items() if k == d and cls == c.name} if d else set()
+                for n in ast.walk(fn) if holders else ():
+                    f = n.func if isinstance(n, ast.Call) else None
+                    if isinstance(f, ast.Attribute) and f.attr in methods and isinstance(f.value, ast.Attribute) \
+                            and f.value.attr in holders and isinstance(f.value.value, ast.Name) \
+                            and f.value.value.id == _self(fn):
+                        sites[f.attr].append(n)
             out += [(methods[k], v) for k, v in sites.items() if refs[k] == len(v)]
         return out
 
@@ -811,9 +894,28 @@ class _AttrConsts(ast.NodeTransformer):
         self.receivers = receivers
 
     def visit_Attribute(self, n: ast.Attribute):
-        if isinstance(n.ctx, ast.Load) and isinstance(n.value, ast.Name) and n.attr in self.receivers.get(n.value.id, {}):
-            return ast.copy_location(copy_tree(self.receivers[n.value.id][n.attr]), n)
+        v = n.value
+        key = v.id if isinstance(v, ast.Name) else \
+            f"{v.value.id}.{v.attr}" if isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name) else None
+        if isinstance(n.ctx, ast.Load) and key is not None and n.attr in self.receivers.get(key, {}):
+            return ast.copy_location(copy_tree(self.receivers[key][n.attr]), n)
         self.generic_visit(n)
+        return n
+
+
+class _NotNone(ast.NodeTransformer):
+    """`me.attr is None` / `is not None` for attributes that hold an instance: False / True."""
+
+    def __init__(self, me: str, attrs: set[str]):
+        self.me, self.attrs = me, attrs
+
+    def visit_Compare(self, n: ast.Compare):
+        self.generic_visit(n)
+        left = n.left
+        if (len(n.ops) == 1 and isinstance(n.ops[0], (ast.Is, ast.IsNot)) and isinstance(n.comparators[0], ast.Constant)
+                and n.comparators[0].value is None and isinstance(left, ast.Attribute) and left.attr in self.attrs
+                and isinstance(left.value, ast.Name) and left.value.id == self.me):
+            return ast.copy_location(ast.Constant(isinstance(n.ops[0], ast.IsNot)), n)
         return n
 
 
@@ -835,6 +937,28 @@ class _LoopConstTests(ast.NodeTransformer):
         except TypeError:
             return n
         return ast.copy_location(ast.Constant(results.pop()), n) if len(results) == 1 else n
+
+
+def _record_fields(elts: list[ast.expr]) -> dict[str, ast.expr]:
+    """field -> constant for the fields every `_NS(...)` record of a literal gives the same constant."""
+    if not elts or not all(isinstance(e, ast.Call) and getattr(e.func, "id", None) == NS and not e.args for e in elts):
+        return {}
+    common = None
+    for e in elts:
+        mine = {k.arg: ast.dump(k.value) for k in e.keywords if k.arg and is_const(k.value)}
+        common = mine if common is None else {k: v for k, v in common.items() if mine.get(k) == v}
+    return {k.arg: k.value for k in elts[0].keywords if k.arg in (common or {})}
+
+
+class _RecordFields(ast.NodeTransformer):
+    def __init__(self, name: str, fields: dict[str, ast.expr]):
+        self.name, self.fields = name, fields
+
+    def visit_Attribute(self, n: ast.Attribute):
+        if isinstance(n.value, ast.Name) and n.value.id == self.name and n.attr in self.fields \
+                and isinstance(n.ctx, ast.Load):
+            return ast.copy_location(copy_tree(self.fields[n.attr]), n)
+        return self.generic_visit(n)
 
 
 # decorators that keep a function's signature and pass its calls' arguments through as they are
@@ -866,6 +990,20 @@ def _own_blocks(fn: ast.FunctionDef):
                 if field in ("body", "orelse", "finalbody"):
                     yield n, field
                 todo += [s for s in block if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+def _none_guarded(fn: ast.FunctionDef) -> dict[str, list[ast.AST]]:
+    """name -> the nodes that run only when the name is not None: the body of `if name is not None:`
+    and the else of `if name is None:` (a test of just that)."""
+    out: dict[str, dict[int, ast.AST]] = defaultdict(dict)
+    for st in _own_statements(fn):
+        if not (isinstance(st, ast.If) and isinstance(st.test, ast.Compare) and isinstance(st.test.left, ast.Name)
+                and len(st.test.ops) == 1 and isinstance(st.test.ops[0], (ast.Is, ast.IsNot))
+                and isinstance(st.test.comparators[0], ast.Constant) and st.test.comparators[0].value is None):
+            continue
+        block = st.body if isinstance(st.test.ops[0], ast.IsNot) else st.orelse
+        out[st.test.left.id].update((id(x), x) for b in block for x in ast.walk(b))
+    return {k: list(v.values()) for k, v in out.items()}
 
 
 def _own_statements(fn: ast.FunctionDef) -> list[ast.stmt]:
@@ -1034,6 +1172,10 @@ class _Simplify(ast.NodeTransformer):
             first = n.args[0].generators[0].iter
             if isinstance(first, (ast.Tuple, ast.List)) and not first.elts:  # over an empty literal
                 return ast.copy_location(ast.Constant(n.func.id == "all"), n)
+        if (isinstance(n.func, ast.Name) and n.func.id in ("tuple", "list") and len(n.args) == 1 and not n.keywords
+                and isinstance(n.args[0], (ast.GeneratorExp, ast.ListComp))
+                and isinstance(n.args[0].generators[0].iter, (ast.Tuple, ast.List)) and not n.args[0].generators[0].iter.elts):
+            return ast.copy_location((ast.Tuple if n.func.id == "tuple" else ast.List)([], ast.Load()), n)
         if (isinstance(n.func, ast.Name) and n.func.id in _PURE_BUILTINS and not n.keywords
                 and n.args and all(is_const(a) for a in n.args)):
             try:
@@ -1061,6 +1203,27 @@ class _Simplify(ast.NodeTransformer):
             n.body = [_LoopConstTests(n.target.id, [e.value for e in n.iter.elts]).visit(b) for b in n.body]
         self.generic_visit(n)
         return n
+
+    def _comprehension(self, n: ast.ListComp | ast.SetComp | ast.GeneratorExp):
+        """`(g for g in (_NS(k=...), ...) if ...)`: a field every record gives the same constant is that
+        constant; an `if` that is then always false leaves nothing to iterate."""
+        g = n.generators[0] if len(n.generators) == 1 else None
+        if g is not None and isinstance(g.target, ast.Name) and isinstance(g.iter, (ast.Tuple, ast.List)):
+            fields = _record_fields(g.iter.elts)
+            if fields:
+                fold = _RecordFields(g.target.id, fields)
+                g.ifs = [fold.visit(c) for c in g.ifs]
+                n.elt = fold.visit(n.elt)
+        self.generic_visit(n)
+        if g is not None and any(_truth(c) is False for c in g.ifs):
+            g.iter = ast.copy_location(ast.Tuple([], ast.Load()), g.iter)
+            g.ifs = []
+        if g is not None and isinstance(g.iter, (ast.Tuple, ast.List)) and not g.iter.elts \
+                and isinstance(n, ast.ListComp):
+            return ast.copy_location(ast.List([], ast.Load()), n)
+        return n
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = _comprehension
 
     def visit_While(self, n: ast.While):
         self.generic_visit(n)
