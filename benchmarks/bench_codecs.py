@@ -9,7 +9,8 @@ or with every matrix redrawn as Gaussian values times log-normal input-feature s
 has zero output projections), quantized by the recipe's quant plan
 (round-to-nearest: no Hessians here). --reference adds upstream PR #1413's own serialization of the
 same values (torch.save of q/scale/fp16 passthrough, byte shuffle with stride 2, brotli-11).
-Prints one JSON line per codec.
+Prints one JSON line per codec; `section_decode_s`: each section decoded alone (the slowest bounds
+the reader's parallel decode on a machine with a core per section).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import torch
 from pgolf.config import load_config
 from pgolf.model.gpt import GPT
 from pgolf.quant.budget import pack_state, quantize_state_dict
-from pgolf.quant.container import parse_artifact
+from pgolf.quant.codecs import decompress
+from pgolf.quant.container import _PREFIX, parse_artifact
 from pgolf.quant.quantizers import QuantizedTensor
 
 
@@ -61,6 +63,22 @@ def upstream_reference(quantized: dict) -> bytes:
     return brotli.compress(shuffled, quality=11)
 
 
+def section_decode_seconds(blob: bytes) -> list[tuple[str, int, float]]:
+    """(codec, raw bytes, seconds) of decoding each section alone, one thread: with a core per
+    section the reader's parallel decode takes about the slowest one."""
+    _, hcodec, hsize, hraw = _PREFIX.unpack_from(blob)
+    start = _PREFIX.size + hsize
+    header = json.loads(decompress(blob[_PREFIX.size:start], hcodec.rstrip(b"\0").decode(), hraw))
+    out, pos = [], start
+    for sec in header["sections"]:
+        part = blob[pos:pos + sec["size"]]
+        pos += sec["size"]
+        t0 = time.perf_counter()
+        decompress(part, sec["codec"], sec["raw"])
+        out.append((sec["codec"], sec["raw"], time.perf_counter() - t0))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="pr1413")
@@ -92,6 +110,9 @@ def main() -> None:
         row = {**common, "codec": codec, "bytes": len(packed.blob), "framing": packed.report["header_bytes"],
                "encode_s": round(enc, 1), "decode_s": round(dec, 1),
                "sections": [(s["codec"], s["size"]) for s in art.sections]}
+        per = section_decode_seconds(packed.blob)
+        row["section_decode_s"] = {"slowest": round(max(t for *_, t in per), 1), "sum": round(sum(t for *_, t in per), 1),
+                                   "sections": len(per)}
         if packed.report.get("sections"):
             row["groups"] = [{k: r[k] for k in ("group", "codec", "compressed_bytes", "candidates", "sorted")}
                              for r in packed.report["sections"]]
