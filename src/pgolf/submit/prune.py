@@ -134,16 +134,23 @@ def _unneeded(st: ast.stmt, read: set[str], functions: set[str]) -> ast.stmt | N
         return None if t.id not in read and pure(v, functions) else st
     if isinstance(t, ast.Tuple) and isinstance(v, ast.Tuple) and len(t.elts) == len(v.elts) \
             and all(isinstance(x, ast.Name) for x in t.elts):
-        pairs = [(x, y) for x, y in zip(t.elts, v.elts) if x.id in read or not pure(y, functions)]
-        if len(pairs) == len(t.elts):
-            return st
-        if not pairs:
-            return None
-        if len(pairs) == 1:
-            return ast.copy_location(ast.Assign([pairs[0][0]], pairs[0][1]), st)
-        new = ast.Assign([ast.Tuple([x for x, _ in pairs], ast.Store())], ast.Tuple([y for _, y in pairs], ast.Load()))
-        return ast.fix_missing_locations(ast.copy_location(new, st))
+        return _narrowed(st, lambda x, y: x.id in read or not pure(y, functions))
     return st
+
+
+def _narrowed(st: ast.Assign, keep) -> ast.stmt | None:
+    """`a, b, c = x, y, z` keeping the (target, value) pairs `keep` accepts: the statement itself,
+    a smaller one, or None when no pair is left."""
+    t, v = st.targets[0], st.value
+    pairs = [(x, y) for x, y in zip(t.elts, v.elts) if keep(x, y)]
+    if len(pairs) == len(t.elts):
+        return st
+    if not pairs:
+        return None
+    if len(pairs) == 1:
+        return ast.copy_location(ast.Assign([pairs[0][0]], pairs[0][1]), st)
+    new = ast.Assign([ast.Tuple([x for x, _ in pairs], ast.Store())], ast.Tuple([y for _, y in pairs], ast.Load()))
+    return ast.fix_missing_locations(ast.copy_location(new, st))
 
 
 def drop_dead_code(tree: ast.Module) -> int:
@@ -387,13 +394,5 @@ def _without_dead_stores(st: ast.stmt, me: str, dead, functions: set[str], value
         return None
     if isinstance(t, ast.Tuple) and isinstance(v, ast.Tuple) and len(t.elts) == len(v.elts) \
             and not any(isinstance(x, ast.Starred) for x in (*t.elts, *v.elts)):
-        pairs = [(x, y) for x, y in zip(t.elts, v.elts) if not (own(x) and pure_value(y))]
-        if len(pairs) == len(t.elts):
-            return st
-        if not pairs:
-            return None
-        if len(pairs) == 1:
-            return ast.copy_location(ast.Assign([pairs[0][0]], pairs[0][1]), st)
-        new = ast.Assign([ast.Tuple([x for x, _ in pairs], ast.Store())], ast.Tuple([y for _, y in pairs], ast.Load()))
-        return ast.fix_missing_locations(ast.copy_location(new, st))
+        return _narrowed(st, lambda x, y: not (own(x) and pure_value(y)))
     return st
